@@ -1,0 +1,67 @@
+"""Attacks: a registry of nine, one driver, targets, and ``run`` for notebooks and the CLI.
+
+>>> from engine import attacks
+>>> attacks.names()
+['fgsm', 'fgm', 'bim', 'pgd', 'slide', 'mifgsm', 'mldp', 'mlcw', 'mlalp']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.attacks import gradient, losses, mlalp, mlcw, mldp, targets  # noqa: F401 - importing registers them
+from engine.attacks.driver import AttackResult, run_iterative, sample_noise
+from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
+from engine.errors import UserError
+
+__all__ = ["AttackConfig", "AttackResult", "AttackSpec", "get", "make_config", "names", "run", "targets"]
+
+
+@contextmanager
+def attack_mode(model: nn.Module):
+    """Eval mode and frozen parameters for the attack; parameter flags are restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    from engine.models import prepare_for_attack
+
+    prepare_for_attack(model)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str = "paper",
+        target: str = "show-many", seed: int = 0, *, sample_ids: Sequence[int] | None = None,
+        early_exit: bool = False, exit_every: int = 4, target_label: int | str | None = None,
+        config: AttackConfig | None = None, ctx: dict[str, Any] | None = None, **params: Any) -> AttackResult:
+    """Attack a batch of images [B,3,H,W] in [0,1] (left untouched) towards the target's y*.
+
+    ``params`` override the preset's values (unknown names are an error listing the valid ones).
+    ``sample_ids`` (default 0..B-1) seed per-sample randomness, so a sample's result does not depend
+    on the batch it is in.
+    """
+    spec = get(attack)
+    cfg = config if config is not None else make_config(spec.name, preset, **params)
+    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise UserError(f"images must be a float tensor [B,3,H,W], got {tuple(images.shape)} {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise UserError("images must lie in [0, 1] (models normalise internally)")
+    ids = list(range(images.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
+    if len(ids) != images.shape[0]:
+        raise UserError(f"sample_ids has {len(ids)} entries for {images.shape[0]} images")
+    x0 = images.detach()
+    with attack_mode(model):
+        with torch.no_grad():
+            clean = model(x0) >= 0
+        y_star, eligible = targets.build(target, clean, ids, seed, target_label=target_label,
+                                         label_names=getattr(model, "label_names", None))
+        if spec.kind == "iterative":
+            return run_iterative(model, x0, y_star, eligible, spec, cfg, loss_fn=losses.get(cfg.loss, cfg.prob_clamp),
+                                 noise=sample_noise(x0, ids, seed), early_exit=early_exit, exit_every=exit_every)
+        return spec.run(model, x0, y_star, eligible, cfg, dict(ctx or {}, sample_ids=ids, seed=seed))

@@ -1,0 +1,190 @@
+"""The one iterative loop, and the bookkeeping every attack shares.
+
+Per iteration: one forward + backward to the input (the model's floor), the attack's step (a fused
+update from kernels.dispatch), and on-device bookkeeping: label counts of the current iterate,
+their running maximum, and a mask of samples whose logits or gradient turned non-finite (those
+are frozen and reported as failed; the others go on). With ``early_exit`` every ``exit_every``
+iterations the samples that already show y* leave the batch (one host sync per check); without
+it the loop has no host synchronisation at all.
+
+Semantics recorded per sample: the label count of the final iterate (the study's) and the best
+over all iterates (clean image included). Early exit reports the iterate at which a sample was
+retired, which for show-many is the all-labels iterate: a different, stop-at-success semantics,
+kept apart from the study's fixed-iteration one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine.attacks import targets
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor  # [B,3,H,W] final adversarial images
+    label_count_final: torch.Tensor  # [B] int: labels shown by x_adv
+    label_count_best: torch.Tensor  # [B] int: most labels shown by any iterate
+    pred: torch.Tensor  # [B,l] bool: prediction on x_adv
+    norms: torch.Tensor  # [B,4] float: L0, L1, L2, Linf of x_adv - x
+    iters: torch.Tensor  # [B] int: iterations spent on the sample
+    success: torch.Tensor  # [B] bool: prediction on x_adv equals y*
+    success_best: torch.Tensor  # [B] bool: some iterate's prediction equalled y*
+    y_star: torch.Tensor  # [B,l] float {0,1}
+    eligible: torch.Tensor  # [B] bool: the target applies to the sample
+    failed: torch.Tensor  # [B] bool
+    reasons: list[str] = field(default_factory=list)  # "" or why the sample failed
+
+    def __len__(self) -> int:
+        return self.x_adv.shape[0]
+
+
+def label_counts(logits: torch.Tensor) -> torch.Tensor:
+    return (logits >= 0).sum(1)
+
+
+def perturbation_norms(delta: torch.Tensor) -> torch.Tensor:
+    d = delta.flatten(1).double()
+    return torch.stack([(d != 0).sum(1).double(), d.abs().sum(1), d.norm(dim=1), d.abs().amax(1)], 1).float()
+
+
+def grad_and_logits(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, loss_fn: Callable):
+    """Gradient of sum_b L(y*_b, f(x_b)) w.r.t. x, and the logits of x (one forward, one backward)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(loss_fn(logits, y_star).sum(), x)
+    return grad, logits.detach()
+
+
+def sample_noise(x0: torch.Tensor, sample_ids: Sequence[int], seed: int) -> Callable[[float, float], torch.Tensor]:
+    """U(lo, hi) noise shaped like x0 whose row i depends only on (seed, sample_ids[i])."""
+
+    def noise(lo: float, hi: float) -> torch.Tensor:
+        rows = []
+        for sid in sample_ids:
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(sid))
+            rows.append(torch.rand(x0.shape[1:], generator=g, dtype=torch.float32))
+        return (torch.stack(rows).to(x0.device) * (hi - lo) + lo).to(x0.dtype)
+
+    return noise
+
+
+def finalize(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, y_star: torch.Tensor, eligible: torch.Tensor,
+             best_counts: torch.Tensor, best_success: torch.Tensor, iters: torch.Tensor, bad_iter: torch.Tensor,
+             extra_reasons: Sequence[str] | None = None) -> AttackResult:
+    """Score the final iterate and assemble the result."""
+    with torch.no_grad():
+        logits = model(x_adv)
+    finite = torch.isfinite(logits).all(1)
+    pred = (logits >= 0) & finite[:, None]
+    counts = pred.sum(1)
+    ok = targets.success(pred, y_star) & finite
+    reasons = []
+    bad = (bad_iter >= 0) | ~finite
+    for i in range(len(x0)):
+        r = extra_reasons[i] if extra_reasons else ""
+        if bad_iter[i] >= 0:
+            r = f"non-finite logits or gradient at iteration {int(bad_iter[i])}"
+        elif not finite[i]:
+            r = "non-finite logits on the final image"
+        reasons.append(r)
+    failed = bad | torch.tensor([bool(r) for r in reasons], device=bad.device)
+    return AttackResult(
+        x_adv=x_adv.detach(),
+        label_count_final=torch.where(finite, counts, 0),
+        label_count_best=torch.maximum(best_counts, torch.where(finite, counts, 0)),
+        pred=pred,
+        norms=perturbation_norms(x_adv - x0),
+        iters=iters,
+        success=ok & eligible,
+        success_best=(best_success | ok) & eligible,
+        y_star=y_star,
+        eligible=eligible,
+        failed=failed,
+        reasons=reasons,
+    )
+
+
+def run_iterative(model: nn.Module, x0: torch.Tensor, y_star: torch.Tensor, eligible: torch.Tensor, spec, cfg, *,
+                  loss_fn: Callable, noise: Callable, early_exit: bool = False, exit_every: int = 4,
+                  step_fn: Callable | None = None) -> AttackResult:
+    """Run ``cfg.iterations`` steps of ``spec.step`` (1 for one-step attacks) from ``spec.init``."""
+    iterations = int(getattr(cfg, "iterations", 1))
+    B, dev = x0.shape[0], x0.device
+    x, state = spec.init(x0, cfg, noise) if spec.init is not None else (x0.clone(), None)
+    # Ineligible samples are never attacked: they take zero steps.
+    active = torch.arange(B, device=dev)[eligible] if not bool(eligible.all()) else torch.arange(B, device=dev)
+    out_x = x0.clone()
+    best = torch.zeros(B, dtype=torch.long, device=dev)
+    best_hit = torch.zeros(B, dtype=torch.bool, device=dev)
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    bad_iter = torch.full((B,), -1, dtype=torch.long, device=dev)
+    xa, x0a, ya = x[active], x0[active], y_star[active]
+    sa = _index_state(state, active)
+    besta = best[active]
+    hita = best_hit[active]
+    bada = bad_iter[active]
+    step = step_fn or (lambda x_, x0_, g_, s_: spec.step(x_, x0_, g_, s_, cfg))
+    for it in range(iterations):
+        if xa.shape[0] == 0:
+            break
+        grad, logits = grad_and_logits(model, xa, ya, loss_fn)
+        bad_now = ~(torch.isfinite(logits).all(1) & torch.isfinite(grad).flatten(1).all(1))
+        bada = torch.where(bad_now & (bada < 0), it, bada)
+        frozen = bada >= 0
+        grad = torch.where(frozen.view(-1, *([1] * (grad.dim() - 1))), torch.zeros_like(grad), grad)
+
+        pred = (logits >= 0) & ~frozen[:, None]
+        besta = torch.maximum(besta, pred.sum(1))
+        hita = hita | targets.success(pred, ya)
+        if early_exit and it % exit_every == 0:
+            leave = hita | frozen
+            if bool(leave.any()):  # the one host sync: retire samples that reached y* (or broke)
+                gone = active[leave]
+                out_x[gone], best[gone] = xa[leave], besta[leave]
+                best_hit[gone], bad_iter[gone] = hita[leave], bada[leave]
+                iters[gone] = it
+                keep = ~leave
+                active, xa, x0a, ya = active[keep], xa[keep], x0a[keep], ya[keep]
+                grad, besta, hita, bada = grad[keep], besta[keep], hita[keep], bada[keep]
+                sa = _index_state(sa, keep)
+                if xa.shape[0] == 0:
+                    break
+        x_new, sa = step(xa, x0a, grad, sa)
+        # A sample whose logits broke stays where it was (momentum would still move it otherwise).
+        xa = torch.where((bada >= 0).view(-1, *([1] * (xa.dim() - 1))), xa, x_new)
+    out_x[active], best[active], best_hit[active], bad_iter[active] = xa, besta, hita, bada
+    iters[active] = iterations
+    return finalize(model, x0, out_x, y_star, eligible, best, best_hit, iters, bad_iter)
+
+
+def _index_state(state, idx):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state[idx]
+    return type(state)(_index_state(s, idx) for s in state)
+
+
+def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J [B, l, *x.shape[1:]], out [B, l]) for a per-sample map fn: [B, ...] -> [B, l].
+
+    One forward and l backward passes (vectorised through ``is_grads_batched`` where the model's
+    backward supports vmap, a plain loop otherwise). Rows are per sample since samples are independent.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        out = fn(x)
+        l = out.shape[1]
+        eye = torch.eye(l, device=x.device, dtype=out.dtype).unsqueeze(1).expand(l, out.shape[0], l)
+        try:
+            (jac,) = torch.autograd.grad(out, x, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+        except RuntimeError:
+            rows = [torch.autograd.grad(out[:, k].sum(), x, retain_graph=True)[0] for k in range(l)]
+            jac = torch.stack(rows)
+    return jac.transpose(0, 1).contiguous(), out.detach()

@@ -1,0 +1,909 @@
+r"""Exact solver for the MLA-LP step  ``min ||r||_inf  s.t.  A r <= b``.
+
+MLA-LP (Zhou et al. 2020, Eq. 12) solves, per iteration and per image,
+
+    min_{r, z}  z   s.t.  z >= r_i,  z >= -r_i   (i = 1..d),
+                          grad_k^T r <= L(y*, t)_k - L(y*, f(x))_k   (k = 1..l),
+
+i.e. with ``A`` the l x d matrix of label-loss gradients (d = 3*H*W pixels, l = 20..81 labels) and ``b`` the
+loss gaps,  t* = min ||r||_inf  s.t.  A r <= b   (P).  Handed to a generic LP solver this has d + 1 columns
+and l + 2d rows and does not finish for 224 x 224 images.  This module solves (P) exactly at a cost of a few
+O(l d) matrix-vector products plus small LPs with l rows.
+
+Duality (why the problem is really l-dimensional)
+-------------------------------------------------
+For lam >= 0 and t >= 0 the Lagrangian of (P) is  t + lam^T (A r - b).  Minimising it over ||r||_inf <= t
+gives  min_r lam^T A r = -t ||A^T lam||_1  (at r = -t sign(A^T lam)), so the dual function is
+t (1 - ||A^T lam||_1) - b^T lam, whose minimum over t >= 0 is  -b^T lam  if ||A^T lam||_1 <= 1 and -inf
+otherwise.  Hence the dual of (P) is
+
+    (D)   max_{lam >= 0}  -b^T lam   s.t.  ||A^T lam||_1 <= 1,
+
+and weak duality is the one-line chain  t >= t + lam^T(A r - b) >= t (1 - ||A^T lam||_1) - b^T lam >= -b^T lam
+for feasible r, lam (strong duality holds as (P) is a feasible bounded LP whenever it is feasible).  Both
+sides are positively homogeneous, so  t* = 1 / s*  with  s* = min { ||A^T lam||_1 : lam >= 0, -b^T lam >= 1 }.
+If b >= 0 then r = 0 is optimal (t* = 0).  (P) is infeasible iff some lam >= 0 has A^T lam = 0 and
+b^T lam < 0 (Farkas), i.e. iff s* = 0.
+
+The LP we actually solve is the LP dual of that l1 problem, the "perspective" of (P): substitute r = t v
+with ||v||_inf <= 1 and s = 1/t; then A r <= b  <=>  A v <= s b, so
+
+    (H)   s* = max s   s.t.   A v - s b <= 0,   -1 <= v_j <= 1,   s >= 0.
+
+(H) is equivalent to (P)/Eq. 12: a feasible r with t = ||r||_inf > 0 gives the feasible point (r/t, 1/t) of
+(H); conversely a feasible (v, s) with s > 0 gives r = v/s with A r <= b and ||r||_inf <= 1/s.  So
+t* = 1/s*, and the optimal r is r = v*/s*.  The 2d rows |r_i| <= z of Eq. 12 became simple variable bounds
+and (H) has only l general rows; its LP dual (multipliers lam of the l rows) is exactly the l1 problem above.
+
+Optimality of (H) and primal recovery
+-------------------------------------
+With row multipliers lam >= 0 the reduced cost of v_j is g_j = (A^T lam)_j, so at an optimum every v_j with
+g_j != 0 sits at the bound -sign(g_j), and at most l of the v_j (the basic ones, where g_j = 0) lie strictly
+inside.  By complementary slackness the optimal perturbation is therefore  r_j = -t* sign((A^T lam*)_j)
+wherever that is non-zero, r_j = 0 for columns of A that are exactly zero, and the few remaining columns
+(g_j ~ 0) take the values of a small LP over just those variables with |r_j| <= t* -- here that small LP is
+not a separate step: those columns are free variables of the restricted LP below, so r = v/s comes out of
+the same solve.  The returned r is always re-verified against A r <= b in float64.
+
+Algorithm (sifting over a sign "glob", warm-started from nested random subsamples)
+-----------------------------------------------------------------------------------
+Only the sign pattern of A^T lam* matters, and a lam close to lam* already fixes the sign of every column
+except those with |g_j| / ||a_j|| small.  So the restricted LP keeps a working set W of columns free in
+[-1, 1] and fixes every other column at v_j = -sign(g_j) of the current lam; the fixed columns are folded
+into a single column c = sum_{j not in W} v_j a_j with weight (1 - beta), beta in [0, 1] (beta > 0 only if
+the fixed signs are so wrong that the LP would otherwise be infeasible: with beta = 1, (v, s) = 0 is always
+feasible).  That LP has l rows and |W| + 2 columns (HiGHS dual simplex, warm-started).  After solving it,
+one product g = A^T lam checks every fixed column: if each one's fixed value agrees with -sign(g_j) by more
+than the floating-point error bound of g_j (and beta = 0), the KKT conditions of the full (H) hold and the
+solution is optimal -- a combinatorial certificate, not a tolerance on a gap.  Otherwise the disagreeing
+columns are moved into W and the LP is re-solved from its previous basis (Portnoy & Koenker's "globbing"
+fix-up for l1 regression).  A good first lam comes from solving the same problem on a nested sequence of
+random column subsamples (sizes n0, 4 n0, 16 n0, ..., d): each level's optimal lam (and basis) starts the
+next one, where only a band of ~sqrt(l n) columns is uncertain.  Typical cost at d = 3*448*448, l = 80:
+5 levels, 5-8 small LPs, ~10 matrix-vector products.  If anything fails to verify, the full (H) is solved
+directly (l rows, d columns: exact, slower) before giving up with an "error" status.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import math
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from contextlib import nullcontext
+from multiprocessing import shared_memory
+
+import highspy
+import numpy as np
+
+try:  # threadpoolctl ships with scikit-learn; without it BLAS threads are simply left alone
+    from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover
+    _threadpool_limits = None
+
+__all__ = ["LPPool", "solve_linf_lp", "solve_linf_lp_primal"]
+
+_INF = highspy.kHighsInf
+_BS = highspy.HighsBasisStatus
+_MS = highspy.HighsModelStatus
+
+# Multilevel schedule: level 0 is a random subsample of `direct_max` columns solved as one LP (all columns
+# free), each next level is _RHO times larger, the last one is all of A.
+_DIRECT_MIN = 2000
+_DIRECT_PER_ROW = 40
+_RHO = 4.0
+# Band of uncertain columns.  The lam of a level built on n/rho columns is off by ~sqrt(l rho / n), so about
+# c sqrt(l n rho) columns of the next level (n columns) can flip sign.  c is measured on every level (how deep
+# into the starting score ranking the columns that did flip reach) and averaged, as single levels are noisy;
+# level 1 has no measurement yet and is cheap, so it gets a generous c.
+_KFAC1 = 0.7
+_KFAC_MIN = 0.3
+_BAND_QUANTILE = 0.98  # a few stragglers are cheaper to fix up than a band sized for the worst one
+_BAND_SAFETY = 0.7  # tuned: a fix-up round is cheaper than a wider band in every LP
+_FIX_CAP_MIN = 2000  # a fix-up adds at most max(this, |W|) columns, the most clearly wrong first
+_SEED = 0x5EED  # fixed subsample: results must not depend on the process (pool vs inline)
+_VERIFY_RTOL = 1e-7  # accepted violation of A r <= b, relative to |b_k| + (|A| |r|)_k
+# Infeasible <=> s* = 0.  s is compared with an a-priori upper bound s_ub >= s* (from lam = e_k / -b_k): a
+# lam with ||A^T lam||_1 <= _INFEAS_RTOL s_ub (-b^T lam) proves t* >= 1 / (_INFEAS_RTOL s_ub), a perturbation
+# 1e8 times the natural scale -- a Farkas certificate up to the LP tolerance (1e-9), which is all that
+# floating point can tell apart from an exact one.
+_INFEAS_RTOL = 1e-8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input handling and dense helpers
+# ----------------------------------------------------------------------------------------------------------
+def _as_problem(A, b) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (A, b).  A comes back C-contiguous float32 or float64 (float32 is kept: the passes over A are
+    memory-bound), b as float64."""
+    if hasattr(A, "detach"):  # torch tensors, without importing torch here
+        A = A.detach().cpu().numpy()
+    if hasattr(b, "detach"):
+        b = b.detach().cpu().numpy()
+    A = np.asarray(A)
+    b = np.asarray(b)
+    if A.ndim != 2:
+        raise ValueError(f"A must be a 2-D (l x d) array, got shape {A.shape}")
+    if b.ndim != 1 or b.shape[0] != A.shape[0]:
+        raise ValueError(f"b must be a 1-D array of length l = {A.shape[0]}, got shape {b.shape}")
+    if A.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
+        raise ValueError(f"A and b must be real numeric arrays, got dtypes {A.dtype} and {b.dtype}")
+    if A.dtype != np.float32 and A.dtype != np.float64:
+        A = A.astype(np.float64)
+    A = np.ascontiguousarray(A)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    if not np.isfinite(b).all():
+        raise ValueError("b contains non-finite values")
+    return A, b
+
+
+def _column_norms(A: np.ndarray) -> np.ndarray:
+    """||a_j||_2 in float64; also the finiteness check of A (inf/nan make the column's sum of squares
+    non-finite, so only such columns are inspected -- the usual case costs nothing extra)."""
+    colsq = np.einsum("ij,ij->j", A, A)
+    bad = np.flatnonzero(~np.isfinite(colsq))
+    if bad.size:
+        if not np.isfinite(A[:, bad]).all():
+            raise ValueError("A contains non-finite values")
+    nrm = np.sqrt(colsq.astype(np.float64))
+    if bad.size:  # float32 squares overflowed for huge but finite entries
+        nrm[bad] = np.linalg.norm(A[:, bad].astype(np.float64), axis=0)
+    return nrm
+
+
+def _gemv64(A: np.ndarray, x: np.ndarray, with_abs: bool = False):
+    """A @ x accumulated in float64 without materialising a float64 copy of a float32 A; with `with_abs` also
+    |A| @ |x| (the natural rounding scale of each row) from the same pass."""
+    x = np.asarray(x, dtype=np.float64)
+    if A.dtype == np.float64 and not with_abs:
+        return A @ x
+    l, d = A.shape
+    out = np.zeros(l)
+    out_abs = np.zeros(l)
+    ax = np.abs(x)
+    step = max(1024, (1 << 19) // max(l, 1))  # ~4 MB float64 scratch: stays in cache between copy and gemv
+    buf = np.empty((l, min(step, d)))
+    for lo in range(0, d, step):
+        hi = min(d, lo + step)
+        blk = buf[:, : hi - lo]
+        np.copyto(blk, A[:, lo:hi])
+        out += blk @ x[lo:hi]
+        if with_abs:
+            np.abs(blk, out=blk)
+            out_abs += blk @ ax[lo:hi]
+    return (out, out_abs) if with_abs else out
+
+
+def _blas_limit(threads: int):
+    if _threadpool_limits is None:
+        return nullcontext()
+    return _threadpool_limits(limits=max(1, int(threads)), user_api="blas")
+
+
+def _sig(g: np.ndarray) -> np.ndarray:
+    """Preferred value -sign(g) of a column; +1 where g == 0 (any value is optimal there)."""
+    return np.where(g > 0, -1.0, 1.0)
+
+
+def _fixed_values(g: np.ndarray, active: np.ndarray) -> np.ndarray:
+    v = np.where(g > 0, -1.0, np.where(g < 0, 1.0, 0.0))
+    v[~active] = 0.0
+    return v
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HiGHS
+# ----------------------------------------------------------------------------------------------------------
+def _new_highs(threads: int, tol: float, time_limit: float | None = None) -> highspy.Highs:
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)  # first, so that nothing below prints
+    h.setOptionValue("log_to_console", False)
+    h.setOptionValue("threads", max(1, int(threads)))
+    ftol = float(min(1e-7, max(1e-10, tol)))  # HiGHS accepts [1e-10, inf); looser than 1e-7 buys nothing
+    h.setOptionValue("primal_feasibility_tolerance", ftol)
+    h.setOptionValue("dual_feasibility_tolerance", ftol)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    return h
+
+
+def _dense_cols(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column-wise triplets of a dense l x m block (HiGHS drops explicit zeros itself)."""
+    l, m = M.shape
+    starts = np.arange(0, l * m, l, dtype=np.int32)
+    rows = np.tile(np.arange(l, dtype=np.int32), m)
+    return starts, rows, np.asarray(M, dtype=np.float64).ravel(order="F")
+
+
+class _Master:
+    """The restricted LP, one HiGHS model kept (with its basis) for the whole multilevel solve:
+
+        min -s   s.t.   D A_W diag(sig) u  -  beta D c  -  s D b  <=  -D c,
+                        |u_j| <= w_j,  beta in [0, 1],  s >= 0.
+
+    c = sum of the fixed columns at their fixed values, so beta = 0 is "all fixed columns at their values"
+    and beta = 1 makes (u, s) = 0 feasible: the LP is never infeasible.  Column j of W is stored flipped by
+    sig_j = -sign(g_j) so that its preferred bound is the upper one: HiGHS gives appended columns status
+    'upper', so new columns enter dual feasible and the re-solve is a short dual simplex.  Rows are scaled by
+    D = 1/max_j |a_kj| so that no coefficient falls under HiGHS' small-value threshold.  w_j = 1 on the
+    last level; on sub-levels w_j is the column's sampling weight (a weight on column j is the same as a
+    bound w_j on u_j, and bounds can be changed in place, coefficients only one by one).
+    Model columns: 0 = s, 1 = beta, 2.. = W in insertion order.
+    """
+
+    def __init__(self, Db: np.ndarray, threads: int, tol: float):
+        self.l = l = Db.shape[0]
+        h = self.h = _new_highs(threads, tol)
+        h.setOptionValue("presolve", "off")  # tiny dense LP, always warm: presolve would throw the basis away
+        h.setOptionValue("small_matrix_value", 1e-12)
+        ez = np.zeros(0, dtype=np.int32)
+        h.addRows(l, np.full(l, -_INF), np.zeros(l), 0, ez, ez, np.zeros(0))
+        sb, ib, vb = _dense_cols(-Db[:, None])
+        h.addCols(1, np.array([-1.0]), np.zeros(1), np.array([_INF]), len(vb), sb, ib, vb)
+        h.addCols(1, np.zeros(1), np.zeros(1), np.ones(1), 0, np.zeros(1, np.int32), ez, np.zeros(0))
+        self.Dc = np.zeros(l)
+        self.ncol = 0
+
+    def add(self, cols: np.ndarray, ub: np.ndarray) -> None:
+        m = cols.shape[1]
+        if m:
+            s, i, v = _dense_cols(cols)
+            self.h.addCols(m, np.zeros(m), -ub, ub, len(v), s, i, v)
+            self.ncol += m
+
+    def set_bounds(self, ub: np.ndarray) -> None:
+        """|u_j| <= ub_j for all W columns (model order); nonbasic columns stay at their (moved) bound."""
+        if self.ncol:
+            idx = np.arange(2, self.ncol + 2, dtype=np.int32)
+            self.h.changeColsBounds(self.ncol, idx, -ub, ub)
+
+    def delete(self, mask: np.ndarray) -> None:
+        """Drop W columns (mask in insertion order); they must be nonbasic so that the basis stays valid."""
+        idx = np.flatnonzero(mask).astype(np.int32) + 2
+        if idx.size:
+            self.h.deleteCols(idx.size, idx)
+            self.ncol -= idx.size
+
+    def set_glob(self, Dc: np.ndarray) -> None:
+        h = self.h
+        for k in np.flatnonzero(Dc != self.Dc):
+            h.changeCoeff(int(k), 1, -float(Dc[k]))
+        h.changeRowsBounds(self.l, np.arange(self.l, dtype=np.int32), np.full(self.l, -_INF), -Dc)
+        self.Dc = Dc.copy()
+
+    def solve(self) -> dict:
+        h = self.h
+        h.run()
+        ms = h.getModelStatus()
+        x = np.asarray(h.getSolution().col_value)
+        y = np.asarray(h.getSolution().row_dual)
+        cst = h.getBasis().col_status
+        ok = ms == _MS.kOptimal and x.size == self.ncol + 2
+        return {
+            "ok": ok,
+            "status": h.modelStatusToString(ms),
+            "s": float(x[0]) if ok else 0.0,
+            "beta": float(x[1]) if ok else 1.0,
+            "u": x[2:],
+            "lam_scaled": -y,  # HiGHS row duals of '<=' rows are <= 0 in a minimisation
+            "it": int(h.getInfo().simplex_iteration_count),
+            "col_basic": np.fromiter((st == _BS.kBasic for st in cst[2:]), dtype=bool, count=len(cst) - 2),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The solver
+# ----------------------------------------------------------------------------------------------------------
+class _Problem:
+    """Per-call data and counters."""
+
+    def __init__(self, A: np.ndarray, b: np.ndarray, rowmax: np.ndarray, threads: int, tol: float,
+                 info: dict):
+        self.A, self.b, self.rowmax = A, b, rowmax
+        self.l, self.d = A.shape
+        self.threads, self.tol, self.info = threads, tol, info
+        self.u = float(np.finfo(A.dtype).eps)
+        self.D = np.where(rowmax > 0, 1.0 / np.where(rowmax > 0, rowmax, 1.0), 1.0)
+        self.Db = self.D * b
+        self.lp_seconds = self.pass_seconds = 0.0
+        self.rounds = self.lp_iters = self.passes = 0
+        self.trace = info.setdefault("trace", [])  # per LP: (level, n, |W|, simplex its, s, beta, #wrong)
+
+    def eps(self, nrm: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        # |fl(a_j^T lam) - a_j^T lam| <= gamma_l |a_j|^T |lam| <= gamma_l ||a_j|| ||lam||, gamma_l ~ l u, and
+        # lam itself is rounded to the dtype of the pass: (l + 2) u, doubled for safety
+        return 2.0 * (self.l + 2) * self.u * nrm * float(np.linalg.norm(lam))
+
+    def refine(self, M, lam, gl, eps, fixed, lnrm) -> None:
+        """Recompute in float64 the entries of a float32 pass whose sign its error bound leaves open.  The
+        bound is worst-case (Cauchy-Schwarz) and A^T lam cancels heavily on ill-conditioned A, so such ties
+        can be a sizeable fraction; in float64 only true degeneracies remain."""
+        if M.dtype == np.float64:
+            return
+        idx = np.flatnonzero(fixed & (np.abs(gl) <= eps))
+        if idx.size:
+            t0 = time.perf_counter()
+            for lo in range(0, idx.size, 16384):  # bounded scratch
+                sl = idx[lo : lo + 16384]
+                gl[sl] = lam @ M[:, sl].astype(np.float64)
+            u64 = float(np.finfo(np.float64).eps)
+            eps[idx] = 2.0 * (self.l + 2) * u64 * lnrm[idx] * float(np.linalg.norm(lam))
+            self.pass_seconds += time.perf_counter() - t0
+
+    def atl(self, M: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        g = (lam.astype(M.dtype) @ M).astype(np.float64)
+        self.pass_seconds += time.perf_counter() - t0
+        self.passes += 1
+        return g
+
+    def glob(self, M: np.ndarray, v: np.ndarray, exact: bool) -> np.ndarray:
+        # Sub-levels only steer lam, float32 is plenty there; the top level's glob defines r: float64.
+        t0 = time.perf_counter()
+        c = _gemv64(M, v) if exact else (M @ v.astype(M.dtype)).astype(np.float64)
+        self.pass_seconds += time.perf_counter() - t0
+        self.passes += 1
+        return c
+
+    def lp(self, master: _Master) -> dict:
+        t0 = time.perf_counter()
+        res = master.solve()
+        self.lp_seconds += time.perf_counter() - t0
+        self.rounds += 1
+        self.lp_iters += res["it"]
+        return res
+
+
+def _schedule(N: int, direct_max: int) -> list[int]:
+    sizes = [N] if N <= direct_max else [direct_max]
+    while sizes[-1] < N:
+        nxt = int(sizes[-1] * _RHO)
+        # a last step smaller than ~1.5x would cost a whole level for little gain: merge it
+        sizes.append(N if nxt * 1.5 > N else nxt)
+    return sizes
+
+
+def _solve_levels(P: _Problem, nrm: np.ndarray, direct_max: int, max_rounds: int):
+    """Multilevel sifting on (H).  Returns (x, s, lam, g) with x in [-1,1]^d (r = x/s) and g = A^T lam, or
+    None if an LP failed or the round budget ran out."""
+    A, l = P.A, P.l
+    nzidx = np.flatnonzero(nrm > 0)
+    sizes = _schedule(nzidx.size, direct_max)
+    top = len(sizes) - 1
+    if top > 0:
+        # Nested samples with probability ~ ||a_j|| (exponential races: the n smallest E_j / ||a_j|| form a
+        # weighted sample without replacement): f(lam) = sum_j |a_j^T lam| is dominated by the large columns
+        # of heavy-tailed gradients, which a uniform sample would catch or miss at random.  Each level solves
+        # the Horvitz-Thompson estimate sum_{j in S} |a_j^T lam| / pi_j, pi_j = 1 - exp(-||a_j|| tau).
+        w = nrm[nzidx]
+        keys = np.random.default_rng(_SEED).standard_exponential(nzidx.size) / w
+        cuts = [n for n in sizes[:-1]]
+        part = np.argpartition(keys, cuts)
+        taus = [float(keys[part[n]]) for n in cuts]  # (n+1)-th smallest key: the sampling threshold
+        sub = part[: sizes[top - 1]]
+        lo = 0
+        for n in cuts:  # sort each level's chunk by column: prefixes stay nested, the gather cache-friendly
+            sub[lo:n] = np.sort(sub[lo:n])
+            lo = n
+        order = nzidx[sub]
+        w_o = w[sub]
+        # sub-levels work on a gathered copy of their columns, so that their passes cost O(l n), not O(l d)
+        Ap = np.take(A, order, axis=1)
+        nrm_o = nrm[order]
+    P.info.update(levels=len(sizes), band=[], size=[])
+
+    depths: list[float] = []  # measured band depths (units of sqrt(l n rho)) of the levels so far
+    master = _Master(P.Db, P.threads, P.tol)
+    res = g_full = gband = score = None
+    unit = 1.0
+    for lev, n in enumerate(sizes):
+        is_top = lev == top
+        if is_top:  # level space: original column ids
+            M, lnrm, active, wt = A, nrm, nrm > 0, None
+        else:  # level space: positions 0..n-1 of Ap, i.e. columns order[:n]
+            M, lnrm, active = Ap[:, :n], nrm_o[:n], np.ones(n, dtype=bool)
+            wt = 1.0 / -np.expm1(-w_o[:n] * taus[lev])  # 1 / inclusion probability
+        # one pass of A^T lam serves both the check of this level and the band of the next one
+        Mnext = Ap[:, : sizes[lev + 1]] if lev + 1 < top else A
+
+        if lev == 0:
+            W = np.flatnonzero(active)
+            sig = np.ones(W.size)
+            v = np.zeros(M.shape[1])
+            c = np.zeros(l)
+            master.add(P.D[:, None] * M[:, W], np.ones(W.size) if wt is None else wt[W])
+        else:
+            if is_top:
+                W = order[W]  # positions -> column ids: same columns, same model order
+                gband = g_full
+            else:
+                gband = g_full[:n]
+            unit = math.sqrt(l * n * n / sizes[lev - 1])
+            cdepth = _BAND_SAFETY * float(np.mean(depths)) if depths else _KFAC1
+            K = int(min(n, max(4 * l, max(_KFAC_MIN, cdepth) * unit)))
+            P.info["band"].append(K)
+            score = np.abs(gband) / np.where(lnrm > 0, lnrm, 1.0)  # distance of lam to a_j's kink
+            score[~active] = np.inf
+            cand = np.argpartition(score, K - 1)[:K] if K < score.size else np.flatnonzero(active)
+            cand = cand[np.isfinite(score[cand])]
+            # new working set: the band plus the basic columns (kept in place with their status); nonbasic
+            # columns that left the band go into the glob
+            keep = res["col_basic"] | np.isin(W, cand)
+            master.delete(~keep)
+            W, sig = W[keep], sig[keep]
+            new = np.setdiff1d(cand, W, assume_unique=True)
+            snew = _sig(gband[new])
+            master.add((P.D[:, None] * M[:, new]) * snew, np.ones(new.size))
+            W = np.concatenate([W, new])
+            sig = np.concatenate([sig, snew])
+            master.set_bounds(np.ones(W.size) if wt is None else wt[W])
+            v = _fixed_values(gband, active)
+            v[W] = 0.0
+            c = P.glob(M, v if wt is None else v * wt, exact=is_top)
+            master.set_glob(P.D * c)
+        while True:
+            if P.rounds >= max_rounds:
+                P.info["stopped"] = "max_rounds"
+                return None
+            res = P.lp(master)
+            if not res["ok"]:
+                P.info["stopped"] = f"restricted LP: {res['status']}"
+                return None
+            lam = np.maximum(P.D * res["lam_scaled"], 0.0)
+            g_full = P.atl(Mnext, lam)
+            if res["s"] <= 1e-6 * P.s_ub and _farkas(P, lam, g_full if Mnext is A else None):
+                return "infeasible"
+            if is_top:
+                gl = g_full
+            else:
+                gl = g_full[order[:n]] if lev + 1 == top else g_full[:n]
+            eps = P.eps(lnrm, lam)
+            beta = res["beta"]
+            fixed = active.copy()
+            fixed[W] = False
+            P.refine(M, lam, gl, eps, fixed, lnrm)
+            # A fixed column is right iff its value (1-beta) v_j equals -sign(g_j) wherever |g_j| > eps_j.
+            # Ties (|g_j| <= eps_j) cannot be certified in this arithmetic, so they are sent to W as well.
+            wrong = fixed & ((v * gl > -eps) | ((beta > 1e-9) & (np.abs(gl) > eps)))
+            nw = int(np.count_nonzero(wrong))
+            P.trace.append((lev, n, int(W.size), res["it"], res["s"], beta, nw))
+            if nw == 0:
+                break
+            # Portnoy-Koenker fix-up: move the wrong columns into W at their new preferred bound and out of
+            # the glob.  The previous solution stays feasible (the moved columns may keep their old values),
+            # so s never decreases, and as W only grows the loop terminates.
+            Mi = np.flatnonzero(wrong)
+            cap = max(_FIX_CAP_MIN, W.size)
+            if Mi.size > cap:  # partial pricing: the most clearly wrong (largest |g|/||a||) first
+                Mi = np.sort(Mi[np.argpartition(-np.abs(gl[Mi]) / lnrm[Mi], cap - 1)[:cap]])
+            Mm = M[:, Mi]
+            if is_top:
+                c = c - _gemv64(Mm, v[Mi])
+                wMi = np.ones(Mi.size)
+            else:
+                wMi = wt[Mi]
+                c = c - (Mm @ (v[Mi] * wMi).astype(M.dtype)).astype(np.float64)
+            v[Mi] = 0.0
+            snew = _sig(gl[Mi])
+            master.add((P.D[:, None] * Mm) * snew, wMi)
+            master.set_glob(P.D * c)
+            W = np.concatenate([W, Mi])
+            sig = np.concatenate([sig, snew])
+        P.info["size"].append(int(W.size))
+        if is_top:
+            x = (1.0 - res["beta"]) * v
+            x[W] = sig * np.clip(res["u"], -1.0, 1.0)  # basic values may overshoot a bound by the tolerance
+            return x, res["s"], lam, g_full
+        if lev > 0:
+            # measured band depth: how far down this level's starting score ranking the columns that did flip
+            # sign reach, in units of sqrt(l n rho) (the expected scaling, so levels can be averaged)
+            flipped = np.sign(gl) != np.sign(gband)
+            if np.any(flipped):
+                tau = np.quantile(score[flipped], _BAND_QUANTILE)
+                depths.append(np.count_nonzero(score <= tau) / unit)
+    return None  # pragma: no cover
+
+
+def _solve_direct(P: _Problem, nrm: np.ndarray):
+    """Fallback: the whole of (H) as one LP over all non-zero columns (exact; l rows, d columns)."""
+    W = np.flatnonzero(nrm > 0)
+    master = _Master(P.Db, P.threads, P.tol)
+    master.add(P.D[:, None] * P.A[:, W], np.ones(W.size))
+    res = P.lp(master)
+    if not res["ok"]:
+        return None
+    lam = np.maximum(P.D * res["lam_scaled"], 0.0)
+    x = np.zeros(P.d)
+    x[W] = np.clip(res["u"], -1.0, 1.0)
+    return x, res["s"], lam, P.atl(P.A, lam)
+
+
+def _farkas(P: _Problem, lam: np.ndarray, g: np.ndarray | None) -> bool:
+    """Is lam a Farkas certificate (A^T lam ~ 0, b^T lam < 0) up to the tolerance of _INFEAS_RTOL?"""
+    nb = float(-P.b @ lam)
+    if not nb > 0:
+        return False
+    if g is None:
+        g = P.atl(P.A, lam)
+    return float(np.abs(g).sum()) <= _INFEAS_RTOL * P.s_ub * nb
+
+
+def _finish(P: _Problem, nrm: np.ndarray, out, bound):
+    """(x, s, lam, g) -> (r, t, status) after checking r against A r <= b in float64; None if it fails."""
+    zeros = np.zeros(P.d)
+    if isinstance(out, str):  # certified inside the level loop
+        return zeros, math.inf, out
+    x, s, lam, g = out
+    A, b = P.A, P.b
+    if not (s > _INFEAS_RTOL * P.s_ub) or _farkas(P, lam, g):
+        return zeros, math.inf, "infeasible"
+    r = x / s
+    t = float(np.max(np.abs(r))) if r.size else 0.0
+    Ar, Aabs = _gemv64(A, r, with_abs=True)
+    viol = Ar - b
+    rel = viol / np.maximum(np.abs(b) + Aabs, 1e-300)
+    P.info["max_violation"] = float(np.max(viol))
+    P.info["max_rel_violation"] = float(np.max(rel))
+    if not np.max(rel) <= _VERIFY_RTOL:
+        return None
+    f = float(np.abs(g).sum())  # lower bound t >= -b^T lam / ||A^T lam||_1 (weak duality)
+    P.info["gap"] = (t - float(-b @ lam) / f) / t if f > 0 and t > 0 else 0.0
+    if bound is not None and t > bound * (1 + 1e-9):
+        return zeros, t, "infeasible"
+    return r, t, "optimal"
+
+
+def solve_linf_lp(
+    A,
+    b,
+    *,
+    bound: float | None = None,
+    tol: float = 1e-9,
+    max_rounds: int = 60,
+    threads: int = 1,
+    direct_max: int | None = None,
+    info: dict | None = None,
+) -> tuple[np.ndarray, float, str]:
+    """Solve ``min ||r||_inf  s.t.  A r <= b`` exactly (method: module docstring).
+
+    A: (l, d) array (float32 is kept and read with float32 BLAS; everything that decides the answer -- the
+    LPs, the sum of the fixed columns, the final check -- is float64).  b: (l,).
+    bound: optional box |r_j| <= bound (the original MLA-LP code uses 1).  The unboxed optimum has all
+    |r_j| <= t*, so the box only matters through t* <= bound.
+    tol: HiGHS primal/dual feasibility tolerance (clipped to [1e-10, 1e-7]).
+    max_rounds: cap on the number of restricted LPs before falling back to one direct LP.
+    threads: HiGHS threads, and the BLAS thread limit during the call (threadpoolctl, process-wide while it
+    runs).
+    direct_max: problems with at most this many non-zero columns are solved as one LP; larger ones start
+    from a random subsample of that many columns (default max(2000, 40 l)).
+    info: if given, a dict filled with diagnostics (rounds = restricted LPs solved, levels, lp_iters,
+    passes over A, lp_seconds, pass_seconds, seconds, band/size per level, gap, max_violation, method).
+
+    Returns (r, objective, status): r (d,) float64 and objective = ||r||_inf for "optimal"; for "infeasible"
+    r = 0 and objective = inf, or the unboxed optimum t* when only the bound is exceeded; for "error: ..."
+    r = 0 and objective = nan.
+    """
+    t_start = time.perf_counter()
+    A, b = _as_problem(A, b)
+    if bound is not None and not (math.isfinite(bound) and bound >= 0):
+        raise ValueError(f"bound must be a finite number >= 0, got {bound}")
+    info = {} if info is None else info
+    info.update(rounds=0, levels=0, lp_iters=0, passes=0, method="trivial")
+    l, d = A.shape
+    zeros = np.zeros(d)
+    if l == 0 or bool(np.all(b >= 0)):
+        info["seconds"] = time.perf_counter() - t_start
+        return zeros, 0.0, "optimal"  # r = 0 satisfies A r <= b
+    with _blas_limit(threads):
+        rowmax = np.maximum(A.max(axis=1), -A.min(axis=1)).astype(np.float64) if d else np.zeros(l)
+        if np.any((rowmax == 0) & (b < 0)):  # a zero row with b_k < 0 reads 0 <= b_k < 0
+            _column_norms(A)  # still reject non-finite input
+            info["seconds"] = time.perf_counter() - t_start
+            return zeros, math.inf, "infeasible"
+        # zero rows with b_k >= 0 stay in the LP: their row reads -s b_k <= 0, always satisfied
+        nrm = _column_norms(A)
+        P = _Problem(A, b, rowmax, threads, tol, info)
+        neg = b < 0  # s* <= ||a_k||_1 / -b_k <= max_j |a_kj| N / -b_k for every violated row k
+        P.s_ub = float(np.min(rowmax[neg] * max(1, np.count_nonzero(nrm)) / -b[neg]))
+        if direct_max is None:
+            direct_max = max(_DIRECT_MIN, _DIRECT_PER_ROW * l)
+        direct_max = max(int(direct_max), 1)
+        info["method"] = "sifting"
+        try:
+            out = _solve_levels(P, nrm, direct_max, int(max_rounds))
+            if out is not None:
+                fin = _finish(P, nrm, out, bound)
+                if fin is not None:
+                    return _done(P, t_start, *fin)
+                info["stopped"] = "verification"
+        except highspy.HighsError as e:  # pragma: no cover - numerical trouble inside HiGHS
+            info["stopped"] = repr(e)
+        # Something did not converge or verify: solve (H) in one piece, exact but O(l d) columns in HiGHS.
+        info["method"] = "direct"
+        out = _solve_direct(P, nrm)
+        if out is None:
+            return _done(P, t_start, zeros, math.nan, "error: HiGHS failed on the direct LP")
+        fin = _finish(P, nrm, out, bound)
+        if fin is None:
+            return _done(P, t_start, zeros, math.nan,
+                         f"error: solution failed verification (max violation {info['max_violation']:.3g})")
+        return _done(P, t_start, *fin)
+
+
+def _done(P: _Problem, t_start: float, r, t, status):
+    P.info.update(rounds=P.rounds, lp_iters=P.lp_iters, passes=P.passes, lp_seconds=P.lp_seconds,
+                  pass_seconds=P.pass_seconds, seconds=time.perf_counter() - t_start)
+    return r, t, status
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference: the direct primal LP
+# ----------------------------------------------------------------------------------------------------------
+def solve_linf_lp_primal(A, b, *, bound: float | None = None, time_limit: float | None = None,
+                         threads: int = 1) -> tuple[np.ndarray, float, str]:
+    """The textbook primal  min z  s.t.  A r <= b,  r_j - z <= 0,  -r_j - z <= 0  (d + 1 columns,
+    l + 2d rows), handed to HiGHS with its default settings: the reference for tests and benchmarks.  `bound`
+    becomes the column bounds |r_j| <= bound.  Status "time-limit" (r = 0) when `time_limit` seconds ran
+    out."""
+    A, b = _as_problem(A, b)
+    l, d = A.shape
+    if not np.isfinite(A).all():
+        raise ValueError("A contains non-finite values")
+    h = _new_highs(threads, 1e-9, time_limit)
+    ub = _INF if bound is None else float(bound)
+    # column-wise: r_j holds the nonzeros of A[:, j], then +1 in row l+j and -1 in row l+d+j; z holds -1 in
+    # rows l .. l+2d-1
+    mask_t = (A != 0).T
+    col_of, row_of = np.nonzero(mask_t)  # nonzeros of A in column-major order
+    a_counts = mask_t.sum(axis=1)
+    starts = np.zeros(d + 1, dtype=np.int64)
+    np.cumsum(a_counts + 2, out=starts[1:])
+    nnz_r = int(starts[-1])
+    index = np.empty(nnz_r + 2 * d, dtype=np.int32)
+    value = np.empty(nnz_r + 2 * d, dtype=np.float64)
+    dst = np.arange(col_of.size) + 2 * col_of  # entries of column j sit after the 2j bound entries before it
+    index[dst] = row_of
+    value[dst] = A.T[mask_t]
+    tail = starts[:-1] + a_counts
+    index[tail] = l + np.arange(d)
+    value[tail] = 1.0
+    index[tail + 1] = l + d + np.arange(d)
+    value[tail + 1] = -1.0
+    index[nnz_r:] = np.arange(l, l + 2 * d, dtype=np.int32)
+    value[nnz_r:] = -1.0
+    lp = highspy.HighsLp()
+    lp.num_col_ = d + 1
+    lp.num_row_ = l + 2 * d
+    cost = np.zeros(d + 1)
+    cost[d] = 1.0
+    lp.col_cost_ = cost
+    lp.col_lower_ = np.concatenate([np.full(d, -ub), [0.0]])
+    lp.col_upper_ = np.concatenate([np.full(d, ub), [_INF]])
+    lp.row_lower_ = np.full(l + 2 * d, -_INF)
+    lp.row_upper_ = np.concatenate([b, np.zeros(2 * d)])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.concatenate([starts, [nnz_r + 2 * d]]).astype(np.int32)
+    lp.a_matrix_.index_ = index
+    lp.a_matrix_.value_ = value
+    h.passModel(lp)
+    h.run()
+    ms = h.getModelStatus()
+    zeros = np.zeros(d)
+    if ms == _MS.kOptimal:
+        r = np.asarray(h.getSolution().col_value)[:d].copy()
+        return r, float(np.max(np.abs(r))) if d else 0.0, "optimal"
+    if ms in (_MS.kInfeasible, _MS.kUnboundedOrInfeasible):
+        return zeros, math.inf, "infeasible"
+    if ms == _MS.kTimeLimit:
+        return zeros, math.nan, "time-limit"
+    return zeros, math.nan, f"error: HiGHS status {h.modelStatusToString(ms)}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Process pool
+# ----------------------------------------------------------------------------------------------------------
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+# Worker initialiser, run through the builtin exec: unpickling it imports nothing, so the environment is in
+# place before this module (and numpy with its BLAS) is first imported by a task.  If the parent's __main__
+# already pulled numpy into the spawned child, threadpoolctl caps the loaded BLAS at run time instead.
+_WORKER_INIT = """
+import os
+for _k in {keys!r}:
+    os.environ[_k] = {n!r}
+try:
+    from threadpoolctl import threadpool_limits
+    threadpool_limits({n})
+except Exception:
+    pass
+"""
+_SHM_MIN_BYTES = 1 << 20  # below this, pickling A through the pipe is cheaper than a shared segment
+
+
+def _pool_task(ref, b, bound, threads, kwargs):
+    """Worker side: map A from its shared segment (no copy), solve, unmap."""
+    kind, payload = ref
+    if kind != "shm":
+        return solve_linf_lp(payload, b, bound=bound, threads=threads, **kwargs)
+    name, shape, dtype = payload
+    seg = shared_memory.SharedMemory(name=name)
+    try:
+        A = np.ndarray(shape, dtype=np.dtype(dtype), buffer=seg.buf)
+        out = solve_linf_lp(A, b, bound=bound, threads=threads, **kwargs)
+        del A
+        return out
+    finally:
+        try:
+            seg.close()
+        except BufferError:  # a view survived (only on error paths); the parent still unlinks the name
+            pass
+
+
+def _release_segment(seg: shared_memory.SharedMemory) -> None:
+    try:
+        seg.close()
+    except BufferError:  # pragma: no cover
+        pass
+    try:
+        seg.unlink()
+    except FileNotFoundError:  # pragma: no cover - already gone
+        pass
+
+
+class _Segments:
+    """Shared segments owned by a pool; separate object so that a finalizer can release them without keeping
+    the pool alive."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.live: set = set()
+
+    def add(self, seg) -> None:
+        with self.lock:
+            self.live.add(seg)
+
+    def release(self, seg) -> None:
+        with self.lock:
+            if seg not in self.live:
+                return
+            self.live.discard(seg)
+        _release_segment(seg)
+
+    def release_all(self) -> None:
+        with self.lock:
+            segs, self.live = list(self.live), set()
+        for seg in segs:
+            _release_segment(seg)
+
+
+def _shm_has_room(nbytes: int) -> bool:
+    # Containers often mount a 64 MB /dev/shm; writing past it would SIGBUS instead of raising.
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return True  # no /dev/shm (not Linux): SharedMemory uses another backing
+    return st.f_bavail * st.f_frsize > nbytes + (64 << 20)
+
+
+def _finalize_pool(segments: _Segments, executor) -> None:
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
+    segments.release_all()
+
+
+class LPPool:
+    """Solve many (A, b) problems in parallel on CPU worker processes.
+
+    LPPool(workers=None, threads_per_worker=None): by default workers * threads_per_worker = os.cpu_count()
+    (all cores as single-threaded workers).  workers=0 solves inline in the caller (tests, debugging).
+    Workers are started with "spawn" (the parent runs torch with threads: fork is unsafe); each caps HiGHS
+    and its BLAS at threads_per_worker.  A is handed over through a POSIX shared-memory segment (one copy in
+    the parent, none in the worker) that is unlinked as soon as the task finishes, fails or is cancelled, and
+    by close()/garbage collection at the latest.  solver_kwargs are passed on to solve_linf_lp;
+    arrays smaller than shm_min_bytes are simply pickled.
+
+        with LPPool(workers=2) as pool:
+            fut = pool.submit(A, b, bound=1.0)          # Future of (r, objective, status)
+            results = pool.map([(A1, b1), (A2, b2)])    # list of (r, objective, status), in order
+    """
+
+    def __init__(self, workers: int | None = None, threads_per_worker: int | None = None, *,
+                 start_method: str = "spawn", solver_kwargs: dict | None = None,
+                 shm_min_bytes: int = _SHM_MIN_BYTES):
+        cpu = os.cpu_count() or 1
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        if threads_per_worker is not None and threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        if workers is None:
+            threads = threads_per_worker or 1
+            workers = max(1, cpu // threads)
+        else:
+            threads = threads_per_worker or (max(1, cpu // workers) if workers else 1)
+        self.workers = int(workers)
+        self.threads_per_worker = int(threads)
+        self._kwargs = dict(solver_kwargs or {})
+        self._shm_min_bytes = int(shm_min_bytes)
+        self._segments = _Segments()
+        self._executor = None
+        self._closed = False
+        if self.workers > 0:
+            init = _WORKER_INIT.format(keys=_THREAD_ENV, n=str(self.threads_per_worker))
+            self._executor = cf.ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context(start_method),
+                initializer=exec,
+                initargs=(init, {"__name__": "lpsolve_worker_init"}),
+            )
+        self._finalizer = weakref.finalize(self, _finalize_pool, self._segments, self._executor)
+
+    def submit(self, A, b, bound: float | None = None) -> cf.Future:
+        """Queue one problem; returns a Future of (r, objective, status).  Input errors raise here."""
+        if self._closed:
+            raise RuntimeError("LPPool is closed")
+        A, b = _as_problem(A, b)
+        if self._executor is None:
+            fut: cf.Future = cf.Future()
+            try:
+                fut.set_result(solve_linf_lp(A, b, bound=bound, threads=self.threads_per_worker,
+                                             **self._kwargs))
+            except Exception as e:  # same contract as a worker: the error comes out of result()
+                fut.set_exception(e)
+            return fut
+        if A.nbytes < self._shm_min_bytes or not _shm_has_room(A.nbytes):
+            return self._executor.submit(_pool_task, ("array", A), b, bound, self.threads_per_worker,
+                                         self._kwargs)
+        seg = shared_memory.SharedMemory(create=True, size=max(1, A.nbytes))
+        self._segments.add(seg)
+        try:
+            view = np.ndarray(A.shape, dtype=A.dtype, buffer=seg.buf)
+            view[...] = A
+            del view  # no exported buffer may outlive the copy, or close() fails
+            fut = self._executor.submit(_pool_task, ("shm", (seg.name, A.shape, A.dtype.str)), b, bound,
+                                        self.threads_per_worker, self._kwargs)
+        except BaseException:
+            self._segments.release(seg)
+            raise
+        # runs on success, exception, cancellation or a dead worker alike; immediately if already done
+        fut.add_done_callback(lambda _f, seg=seg: self._segments.release(seg))
+        return fut
+
+    def map(self, problems, bound: float | None = None) -> list[tuple[np.ndarray, float, str]]:
+        """Solve an iterable of (A, b) or (A, b, bound) tuples; results in input order.  At most 2 x workers
+        problems are in flight, so a long list does not put every A into shared memory at once."""
+        window = max(1, 2 * self.workers)
+        pending: collections.deque = collections.deque()
+        out = []
+        try:
+            for item in problems:
+                A, b = item[0], item[1]
+                pending.append(self.submit(A, b, item[2] if len(item) > 2 else bound))
+                if len(pending) >= window:
+                    out.append(pending.popleft().result())
+            while pending:
+                out.append(pending.popleft().result())
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for (or with cancel=True drop) queued work, stop the workers, release all shared memory."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=cancel)
+        self._segments.release_all()
+        self._finalizer.detach()
+
+    def __enter__(self) -> LPPool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)

@@ -1,0 +1,169 @@
+"""MLA-LP (Zhou et al. 2020): per iteration and sample, the linear program of the study's Eq. 11-12,
+
+    min ||r||_inf   s.t.   grad_x L_k(x)^T r <= L_k(y*, t_k) - L_k(y*, f_k(x))   for every label k,
+                           |r_j| <= 1,
+
+with L_k the BCE of label k on clamped sigmoid outputs (the released code's loss) and thresholds
+t_k (0.5 at first). Labels with an all-zero gradient are dropped (the linearisation cannot move
+them). The LP is solved exactly by :func:`engine.attacks.lpsolve.solve_linf_lp` (LP duality with
+constraint generation: its cost grows with l, not with the d pixels), in a pool of CPU workers.
+
+Loop, after hinanmu/MLALP ``mla_lp`` (10 iterations): x <- clip(x + r). A sample whose LP is
+infeasible or fails is marked failed with the reason (the code sets r = 0 and gives up on it); one
+whose attacked labels have not moved at all after 5 iterations likewise. A label of y* that is
+still wrong and whose confidence did not move towards y* has its threshold pushed 0.05 further
+from 0.5, up to 0.4 away (the code lowers t by 0.05 down to 0.1 for the labels it hides, y* = 0;
+here the same rule is applied symmetrically, so labels to be shown, y* = 1, are raised towards
+0.9). The iterate with most labels matching y* is kept (ties: smaller RMS perturbation); if the
+count drops the iterate restarts from the clean image (``released`` also discards the best so far,
+as the code does). Norm: Linf. Shapes: x [B,3,H,W] in [0,1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.attacks.driver import finalize, jacobian
+from engine.attacks.lpsolve import LPPool, solve_linf_lp
+from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.errors import UserError
+
+__all__ = ["MLALPConfig", "solve_linf_lp"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLALPConfig(AttackConfig):
+    iterations: int = 10
+    threshold: float = 0.5
+    threshold_step: float = 0.05
+    threshold_max_shift: float = 0.4
+    bound: float = 1.0  # |r_j| <= 1, as in the code
+    reset_best_on_drop: bool = False
+    workers: int = 0  # LP worker processes (0: solve inline); results do not depend on it
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.threshold < 1:
+            raise UserError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.workers < 0:
+            raise UserError(f"workers must be >= 0, got {self.workers}")
+
+
+def _per_label_bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+
+
+def run(model, x0, y_star, eligible, cfg: MLALPConfig, ctx):
+    B, dev = x0.shape[0], x0.device
+    l = y_star.shape[1]
+    clamp = cfg.prob_clamp if cfg.prob_clamp > 0 else 1e-6
+    def probs(x):
+        return torch.sigmoid(model(x)).clamp(clamp, 1 - clamp)
+
+    def matched(p, tgt):
+        return ((p >= 0.5) == tgt).sum(1)
+
+    with torch.no_grad():
+        p0 = probs(x0)
+    target = y_star > 0.5
+    attacked = (p0 >= 0.5) != target  # labels the attack has to change (the code's A_m)
+    thr = torch.full((B, l), cfg.threshold, dtype=torch.float64, device=dev)
+    x = x0.clone()
+    best_x = x0.clone()
+    clean_m = matched(p0, target)
+    best_m = clean_m.clone()
+    best_counts = (p0 >= 0.5).sum(1)
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    bad_iter = torch.full((B,), -1, dtype=torch.long, device=dev)
+    reasons = [""] * B
+    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+    pool = ctx.get("lp_pool") if isinstance(ctx, dict) else None
+    own_pool = None
+    if pool is None and cfg.workers > 0:
+        pool = own_pool = LPPool(workers=cfg.workers)
+    try:
+        for it in range(cfg.iterations):
+            todo = eligible & ~failed & (best_m < l)
+            if not bool(todo.any()):
+                break
+            idx = torch.nonzero(todo).flatten()
+            y_sel, target_sel = y_star[idx], target[idx]
+            J, lk = jacobian(lambda xx, ys=y_sel: _per_label_bce(probs(xx), ys), x[idx])
+            with torch.no_grad():
+                pk = probs(x[idx])
+            t = thr[idx]
+            lt = _per_label_bce(t, y_sel.double())
+            b = (lt - lk.double()).cpu().numpy()
+            A = J.flatten(2).cpu().numpy()
+            jobs = []
+            for j in range(len(idx)):
+                keep = np.any(A[j] != 0, axis=1)
+                jobs.append((np.ascontiguousarray(A[j][keep]), b[j][keep]))
+            if pool is not None:
+                futures = [pool.submit(a, bb, bound=cfg.bound) for a, bb in jobs]
+                sols = [f.result() for f in futures]
+            else:
+                sols = [solve_linf_lp(a, bb, bound=cfg.bound) for a, bb in jobs]
+            r = torch.zeros_like(x[idx])
+            for j, (rj, _obj, status) in enumerate(sols):
+                i = int(idx[j])
+                if status != "optimal":
+                    failed[i] = True
+                    reasons[i] = f"LP {status} at iteration {it}"
+                elif not np.any(rj):
+                    failed[i] = True
+                    reasons[i] = f"LP gave r = 0 at iteration {it} (no step decreases the loss)"
+                else:
+                    r[j] = torch.from_numpy(rj.astype(np.float32)).view_as(r[j])
+            iters[idx] += 1
+            xn = (x[idx] + r).clamp(0, 1)
+            with torch.no_grad():
+                z = model(xn)
+            finite = torch.isfinite(z).all(1)
+            bad_iter[idx] = torch.where(~finite & (bad_iter[idx] < 0), it, bad_iter[idx])
+            pn = torch.sigmoid(z).clamp(clamp, 1 - clamp)
+            m = matched(pn, target_sel)
+            best_counts[idx] = torch.where(finite, torch.maximum(best_counts[idx], (z >= 0).sum(1)), best_counts[idx])
+            # Thresholds: a still-wrong label that did not move towards y* is asked for more.
+            toward = torch.where(target_sel, pn > pk, pn < pk)
+            push = ~((pn >= 0.5) == target_sel) & ~toward
+            direction = torch.where(target_sel, 1.0, -1.0).double()
+            shifted = (t + cfg.threshold_step * direction).clamp(cfg.threshold - cfg.threshold_max_shift,
+                                                                  cfg.threshold + cfg.threshold_max_shift)
+            thr[idx] = torch.where(push, shifted, t)
+            # No progress at all on the attacked labels after 5 iterations: give up, as the code does.
+            att = attacked[idx]
+            stuck = (it >= 5) & ((pn == p0[idx]) | ~att).all(1) & att.any(1)
+            for j in torch.nonzero(stuck).flatten().tolist():
+                i = int(idx[j])
+                if not failed[i]:
+                    failed[i] = True
+                    reasons[i] = f"attacked labels unchanged after {it + 1} iterations"
+            x[idx] = xn
+            bm = best_m[idx]
+            rms_new = (xn - x0[idx]).flatten(1).pow(2).mean(1).sqrt()
+            rms_best = (best_x[idx] - x0[idx]).flatten(1).pow(2).mean(1).sqrt()
+            better = finite & ((m > bm) | ((m == bm) & (rms_new < rms_best)))
+            worse = finite & (m < bm)
+            best_x[idx] = torch.where(better.view(-1, 1, 1, 1), xn, best_x[idx])
+            best_m[idx] = torch.where(better, m, bm)
+            x[idx] = torch.where(worse.view(-1, 1, 1, 1), x0[idx], x[idx])
+            if cfg.reset_best_on_drop:
+                best_x[idx] = torch.where(worse.view(-1, 1, 1, 1), x0[idx], best_x[idx])
+                best_m[idx] = torch.where(worse, clean_m[idx], best_m[idx])
+            failed |= bad_iter >= 0
+    finally:
+        if own_pool is not None:
+            own_pool.close()
+    return finalize(model, x0, best_x, y_star, eligible, best_counts, best_m == l, iters, bad_iter, reasons)
+
+
+register(AttackSpec(
+    name="mlalp", title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__,
+    presets={"paper": {"iterations": 10}, "released": {"iterations": 10, "reset_best_on_drop": True},
+             "full": {"iterations": 10}},
+    default_samples={"paper": 200, "released": 200, "full": 1000},
+))

@@ -1,0 +1,89 @@
+"""The attack registry: a name, a frozen config dataclass, presets, and either a per-iteration
+``step`` run by the shared driver or a ``run`` for solver attacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.attacks import losses
+from engine.config import Config
+from engine.errors import UserError
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig(Config):
+    """Fields every attack has: the loss it minimises (see engine.attacks.losses)."""
+
+    loss: str = "bce"
+    prob_clamp: float = 1e-6  # the released code clamps probabilities to [1e-6, 1 - 1e-6]
+
+    def validate(self) -> None:
+        if self.loss not in losses.LOSSES:
+            raise UserError(f"unknown loss {self.loss!r}; valid: {', '.join(losses.LOSSES)}")
+        if not 0 <= self.prob_clamp < 0.5:
+            raise UserError(f"prob_clamp must be in [0, 0.5), got {self.prob_clamp}")
+        for name in ("eps", "step"):
+            v = getattr(self, name, None)
+            if v is not None and not v >= 0:
+                raise UserError(f"{name} must be >= 0, got {v}")
+        it = getattr(self, "iterations", None)
+        if it is not None and it < 1:
+            raise UserError(f"iterations must be >= 1, got {it}")
+        sp = getattr(self, "sparsity", None)
+        if sp is not None and not 0 < sp < 1:
+            raise UserError(f"sparsity must be in (0, 1), got {sp}")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    title: str  # as the study's tables write it
+    config: type[AttackConfig]
+    presets: dict[str, dict[str, Any]]
+    norm: str  # linf | l2 | l1
+    doc: str
+    # Iterative attacks (run by engine.attacks.driver):
+    step: Callable | None = None  # (x, x0, grad, state, cfg) -> (x, state)
+    init: Callable | None = None  # (x0, cfg, noise) -> (x, state); noise(lo, hi) gives per-sample U(lo, hi)
+    # Solver attacks:
+    run: Callable | None = None  # (model, x0, y_star, cfg, ctx) -> SolverOutput
+    default_samples: dict[str, int] = field(default_factory=dict)  # preset -> N (protocol)
+
+    @property
+    def kind(self) -> str:
+        return "iterative" if self.step is not None else "solver"
+
+
+REGISTRY: dict[str, AttackSpec] = {}
+ORDER = ("fgsm", "fgm", "bim", "pgd", "slide", "mifgsm", "mldp", "mlcw", "mlalp")  # the study's table order
+
+
+def register(spec: AttackSpec) -> AttackSpec:
+    if "paper" not in spec.presets:
+        raise ValueError(f"attack {spec.name} has no 'paper' preset")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+ALIASES = {"mi-fgsm": "mifgsm", "ml-dp": "mldp", "ml-cw": "mlcw", "mla-lp": "mlalp", "sda": "slide"}
+
+
+def get(name: str) -> AttackSpec:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in REGISTRY:
+        raise UserError(f"unknown attack {name!r}; valid: {', '.join(names())}")
+    return REGISTRY[key]
+
+
+def make_config(name: str, preset: str = "paper", **params: Any) -> AttackConfig:
+    """The config of ``preset`` with ``params`` on top; unknown names list the valid ones."""
+    spec = get(name)
+    if preset not in spec.presets:
+        raise UserError(f"unknown preset {preset!r} for {spec.name}; valid: {', '.join(spec.presets)}")
+    return spec.config.from_dict({**spec.presets[preset], **params}, where=f"attack {spec.name}")

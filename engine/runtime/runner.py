@@ -1,0 +1,231 @@
+"""Batch runner: from a checkpoint to a run in the result store, shard by shard, resumable.
+
+``plan`` does the protocol once per (checkpoint, data set): a pass over the test split gives both
+Table 1's metrics and the exactly-right samples (cached in the store). ``attack_checkpoint`` picks
+the N samples, creates (or reopens) the run group and attacks every chunk not yet done, writing
+each chunk as soon as it is finished; an interrupted run continues where it stopped.
+``run_chunk`` is the unit of work that sweeps hand to their workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import engine
+from engine import attacks, protocol
+from engine.attacks.registry import AttackConfig
+from engine.data.base import ImageListDataset
+from engine.errors import UserError
+from engine.models import checkpoints, from_checkpoint
+from engine.models.evaluate import dataset_for
+from engine.models.metrics import table1
+from engine.runtime import store as st
+
+log = logging.getLogger(__name__)
+
+SOLVER_MEMORY = 1 << 30  # bytes of Jacobian a solver batch may hold (B x l x d float32)
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    model: nn.Module
+    dataset: ImageListDataset
+    model_key: str
+    dataset_key: str
+    candidates: np.ndarray
+    metrics: dict[str, Any]
+    checkpoint: str
+    digest: str
+
+
+def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
+         split: str | None = None, device: str = "cpu", model_key: str | None = None) -> Plan:
+    """Load model and data; find (or reuse from the store) the exactly-right test samples."""
+    ck = checkpoints.read(checkpoint)
+    ds = dataset_for(ck, dataset, root, split, checkpoint)
+    model = from_checkpoint(ck).to(device)
+    model.label_names = list(ck["label_names"])
+    digest = file_digest(checkpoint)
+    mkey = model_key or Path(checkpoint).stem
+    group = st.model_group(store, mkey, ds.name)
+    attrs = dict(group.attrs)
+    if attrs.get("checkpoint_digest") not in (None, digest) or attrs.get("split") not in (None, ds.split):
+        raise UserError(
+            f"{mkey}/{ds.name} in the store was made from another checkpoint or split "
+            f"(digest {attrs.get('checkpoint_digest')}, split {attrs.get('split')}); use another --out "
+            f"or --model-key"
+        )
+    if "candidates" in group and "metrics" in attrs:
+        cand = np.asarray(group["candidates"][:])
+        metrics = attrs["metrics"]
+    else:
+        logits, cand = _scan(model, ds, device)
+        metrics = table1(logits, torch.from_numpy(ds.labels))
+        metrics.update({"model": ck["model"]["family"], "dataset": ds.name, "split": ds.split})
+        group.create_array("candidates", shape=(len(cand),), chunks=(max(len(cand), 1),), dtype="int64",
+                           overwrite=True)[:] = cand
+        group.attrs.update({"metrics": metrics, "checkpoint": str(checkpoint), "checkpoint_digest": digest,
+                            "split": ds.split, "family": ck["model"]["family"], "backbone": ck["model"]["backbone"],
+                            "label_names": ds.label_names, "num_test_samples": len(ds)})
+    return Plan(model, ds, mkey, ds.name, cand, metrics, str(checkpoint), digest)
+
+
+@torch.no_grad()
+def _scan(model: nn.Module, ds: ImageListDataset, device: str, batch_size: int = 128):
+    model.eval()
+    outs = []
+    for s in range(0, len(ds), batch_size):
+        x = torch.stack([ds.image(i) for i in range(s, min(s + batch_size, len(ds)))]).to(device)
+        outs.append(model(x).cpu())
+    logits = torch.cat(outs)
+    y = torch.from_numpy(ds.labels).bool()
+    ok = ((logits >= 0) == y).all(1) & y.any(1)
+    return logits, np.nonzero(ok.numpy())[0]
+
+
+def auto_batch(spec, num_labels: int, image_shape: tuple[int, ...], requested: int) -> int:
+    """Gradient attacks take the requested batch; Jacobian attacks as many as fit SOLVER_MEMORY."""
+    if requested > 0 and spec.kind == "iterative":
+        return requested
+    if spec.name in ("mldp", "mlalp"):
+        per = 2 * num_labels * math.prod(image_shape) * 4
+        fit = max(1, SOLVER_MEMORY // per)
+        return min(requested or 64, fit)
+    return requested or 64
+
+
+def run_chunk(p: Plan, run, chunk: int, cfg: AttackConfig, *, attack: str, target: str, seed: int,
+              target_label: Any = None, early_exit: bool = False, exit_every: int = 4, batch_size: int = 0,
+              device: str = "cpu", ctx: dict | None = None, progress=None) -> int:
+    """Attack the samples of one chunk of ``run`` and write them (then the done flag)."""
+    c = int(run.attrs["chunk_size"])
+    index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
+    spec = attacks.get(attack)
+    shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
+    bs = auto_batch(spec, p.dataset.num_labels, shape, batch_size)
+    parts: dict[str, list] = {k: [] for k in st.RESULT_FIELDS}
+    reasons: list[str] = []
+    deltas = []
+    for s in range(0, len(index), bs):
+        ids = index[s : s + bs]
+        x = torch.stack([p.dataset.image(int(i)) for i in ids]).to(device)
+        res = attacks.run(p.model, x, attack, config=cfg, target=target, seed=seed, sample_ids=ids.tolist(),
+                          early_exit=early_exit, exit_every=exit_every, target_label=target_label, ctx=ctx)
+        for k in parts:
+            parts[k].append(getattr(res, k).detach().cpu().numpy())
+        reasons += res.reasons
+        if "x_adv_delta" in run:
+            deltas.append((res.x_adv - x).cpu().numpy())
+        if progress is not None:
+            progress(len(ids))
+    rows = {k: np.concatenate(v).astype(st.RESULT_FIELDS[k][0]) for k, v in parts.items()}
+    rows["y_star"] = rows["y_star"] > 0.5
+    st.write_chunk(run, chunk, rows, reasons, np.concatenate(deltas) if deltas else None)
+    return len(index)
+
+
+def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, preset: str = "paper",
+                      target: str = "show-many", target_label: Any = None, params: dict | None = None,
+                      n: int | None = None, seed: int = 0, order: str = "seeded", dataset: str | None = None,
+                      root: str | Path | None = None, split: str | None = None, chunk_size: int = 100,
+                      batch_size: int = 0, early_exit: bool = False, exit_every: int = 4, save_adv: bool = False,
+                      device: str = "cpu", model_key: str | None = None, workers: int = 0,
+                      progress: bool = True) -> dict[str, Any]:
+    """Run one attack of the study's protocol on one checkpoint into the store at ``out``."""
+    spec = attacks.get(attack)
+    cfg = attacks.make_config(spec.name, preset, **(params or {}))
+    if target not in attacks.targets.names():
+        raise UserError(f"unknown target {target!r}; valid: {', '.join(attacks.targets.names())}")
+    if chunk_size < 1:
+        raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
+    n_req = n if n is not None else spec.default_samples.get(preset, 1000)
+    if n_req < 1:
+        raise UserError(f"N (number of samples) must be >= 1, got {n_req}")
+    root_group = st.open_store(out, "a")
+    p = plan(checkpoint, root_group, dataset=dataset, root=root, split=split, device=device, model_key=model_key)
+    picked = protocol.select(p.candidates, n_req, seed, order)
+    if len(picked) == 0:
+        raise UserError(f"{checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
+    if len(picked) < n_req:
+        log.warning("only %d correctly predicted samples (asked for %d): using all of them", len(picked), n_req)
+    labels = p.dataset.labels[picked].astype(bool)
+    avg = float(labels.sum(1).mean())
+    l = p.dataset.num_labels
+    key = st.run_key(spec.name, preset, target, early_exit, target_label)
+    fingerprint = {"checkpoint_digest": p.digest, "attack": spec.name, "config": cfg.to_dict(), "target": target,
+                   "target_label": target_label, "seed": seed, "order": order, "n_requested": n_req,
+                   "early_exit": early_exit, "exit_every": exit_every if early_exit else None,
+                   "split": p.dataset.split}
+    attrs = {"attack": spec.name, "title": spec.title, "preset": preset, "target": target,
+             "target_label": target_label, "config": cfg.to_dict(), "seed": seed, "order": order,
+             "early_exit": early_exit, "semantics": "stop-at-success" if early_exit else "fixed-iterations",
+             "engine_version": engine.__version__, "n_requested": n_req, "n_available": int(len(p.candidates)),
+             "avg_labels": avg, "exp_labels": protocol.exp_labels(l, avg),
+             "exp_labels_floor": protocol.exp_labels(l, avg, "floor"), "num_labels": l,
+             "label_names": p.dataset.label_names, "model_metrics": p.metrics, "checkpoint": str(checkpoint)}
+    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if save_adv else None
+    run = st.create_run(st.model_group(root_group, p.model_key, p.dataset_key), key, n=len(picked),
+                        num_labels=l, image_shape=image_shape, chunk_size=chunk_size, attrs=attrs,
+                        sample_index=picked, labels_true=labels, fingerprint=fingerprint)
+    done = st.done_chunks(run)
+    todo = [c for c in range(len(done)) if not done[c]]
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    remaining = sum(min(chunk_size, len(picked) - c * chunk_size) for c in todo)
+    ctx: dict[str, Any] = {}
+    pool = None
+    if spec.name == "mlalp" and workers > 0:
+        from engine.attacks.lpsolve import LPPool
+
+        pool = ctx["lp_pool"] = LPPool(workers=workers)
+    try:
+        with tqdm(total=remaining, desc=f"{p.model_key}/{p.dataset_key}/{key}", unit="sample",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for c in todo:
+                run_chunk(p, run, c, cfg, attack=spec.name, target=target, seed=seed, target_label=target_label,
+                          early_exit=early_exit, exit_every=exit_every, batch_size=batch_size, device=device,
+                          ctx=ctx, progress=bar.update)
+    finally:
+        if pool is not None:
+            pool.close()
+    seconds = time.perf_counter() - t0
+    return summarize(run) | {"seconds": seconds, "chunks_run": len(todo), "store": str(out), "group": run.path}
+
+
+def summarize(run) -> dict[str, Any]:
+    """Success rates per n (final and best) over the finished rows of a run."""
+    a = dict(run.attrs)
+    rows = st.done_rows(run)
+    eligible = np.asarray(run["eligible"][:], dtype=bool) & rows
+    final = np.asarray(run["label_count_final"][:])[eligible]
+    best = np.asarray(run["label_count_best"][:])[eligible]
+    out = {"attack": a["attack"], "preset": a["preset"], "target": a["target"], "n": int(rows.sum()),
+           "n_eligible": int(eligible.sum()), "n_requested": a["n_requested"], "avg_labels": a["avg_labels"],
+           "exp_labels": a["exp_labels"], "failed": int(np.asarray(run["failed"][:])[rows].sum())}
+    if a["target"] == "show-many":
+        out["success_final"] = protocol.success_rates(final, a["exp_labels"])
+        out["success_best"] = protocol.success_rates(best, a["exp_labels"])
+    else:
+        for sem, name in (("final", "success"), ("best", "success_best")):
+            vals = np.asarray(run[name][:])[eligible]
+            out[f"success_{sem}"] = [float(vals.mean()) if vals.size else math.nan]
+    return out

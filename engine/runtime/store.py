@@ -1,0 +1,151 @@
+"""The Zarr (v3) result store: readable with plain ``zarr``, no engine code needed.
+
+Layout (DESIGN.md Sec. 4)::
+
+    /{model}/{dataset}/                    attrs: metrics (Table 1), checkpoint, label_names, ...
+    /{model}/{dataset}/candidates [M]      test indices the model predicts exactly right
+    /{model}/{dataset}/{run}/              attrs: attack, preset, target, config, seed, exp_labels,
+                                           avg_labels, n_requested, n, chunk_size, engine_version
+        sample_index [N] int64             data set index of each attacked sample
+        labels_true [N,l] bool
+        label_count_final [N] int16        labels shown by the final iterate (the study's)
+        label_count_best [N] int16         most labels shown by any iterate
+        pred [N,l] bool, y_star [N,l] bool
+        norms [N,4] float32                L0, L1, L2, Linf of x_adv - x
+        iters [N] int32
+        success [N] bool, success_best [N] bool, eligible [N] bool, failed [N] bool
+        reason [N] str                     why a sample failed ("" if it did not)
+        x_adv_delta [N,3,H,W] float16      optional (--save-adv): x_adv - x
+        done [n_chunks] bool               chunk c holds rows c*chunk_size ... (set last)
+
+``run`` is the attack name for the study's setting (preset paper, target show-many) and
+``attack.preset.target`` otherwise (``+early-exit`` when samples leave at success). Every result
+array is chunked one sample-chunk per shard; a shard writes its rows, then its ``done`` flag.
+zarr's LocalStore writes each chunk file through a temporary file and a rename, so a killed
+writer never leaves a torn chunk and a chunk is never marked done before its rows are complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from engine.errors import UserError
+
+RESULT_FIELDS = {
+    # name: (dtype, trailing shape key)
+    "label_count_final": ("int16", None),
+    "label_count_best": ("int16", None),
+    "pred": ("bool", "l"),
+    "y_star": ("bool", "l"),
+    "norms": ("float32", 4),
+    "iters": ("int32", None),
+    "success": ("bool", None),
+    "success_best": ("bool", None),
+    "eligible": ("bool", None),
+    "failed": ("bool", None),
+}
+
+
+def run_key(attack: str, preset: str = "paper", target: str = "show-many", early_exit: bool = False,
+            target_label: Any = None) -> str:
+    key = attack if (preset == "paper" and target == "show-many") else f"{attack}.{preset}.{target}"
+    if target_label is not None:
+        key += f"-{target_label}"
+    return key + ("+early-exit" if early_exit else "")
+
+
+def open_store(path: str | Path, mode: str = "a") -> zarr.Group:
+    path = Path(path)
+    if mode == "r" and not path.exists():
+        raise UserError(f"{path}: result store does not exist")
+    if path.exists() and not (path / "zarr.json").exists():
+        if path.is_dir() and not any(path.iterdir()) and mode != "r":
+            pass
+        else:
+            raise UserError(f"{path}: exists but is not a Zarr v3 store (no zarr.json); choose another --out")
+    try:
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}: cannot open as a Zarr store ({e})") from None
+
+
+def _json_safe(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def model_group(root: zarr.Group, model: str, dataset: str) -> zarr.Group:
+    return root.require_group(f"{model}/{dataset}")
+
+
+def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_shape: tuple[int, ...] | None,
+               chunk_size: int, attrs: dict[str, Any], sample_index: np.ndarray, labels_true: np.ndarray,
+               fingerprint: dict[str, Any]) -> zarr.Group:
+    """Create run ``key`` in ``group``, or reopen it if it was created by the same run.
+
+    A group made with a different fingerprint (checkpoint, attack config, samples) is refused:
+    results of two different runs are never mixed.
+    """
+    fp = _json_safe(fingerprint)
+    if key in group:
+        run = group[key]
+        old = run.attrs.get("fingerprint")
+        if old != fp:
+            diff = sorted(k for k in set(old or {}) | set(fp) if (old or {}).get(k) != fp.get(k))
+            raise UserError(
+                f"{group.store_path}/{key}: the store already holds a different run here (differs in: "
+                f"{', '.join(diff) or 'everything'}); write to another --out, or delete that group to start afresh"
+            )
+        return run
+    run = group.create_group(key)
+    n_chunks = max(1, -(-n // chunk_size))
+    c = chunk_size
+    run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64")[:] = sample_index
+    run.create_array("labels_true", shape=(n, num_labels), chunks=(c, num_labels), dtype="bool")[:] = labels_true
+    for name, (dt, trail) in RESULT_FIELDS.items():
+        shape = (n,) if trail is None else (n, num_labels if trail == "l" else trail)
+        run.create_array(name, shape=shape, chunks=(c,) + shape[1:], dtype=dt, fill_value=0)
+    run.create_array("reason", shape=(n,), chunks=(c,), dtype=str)
+    if image_shape is not None:
+        run.create_array("x_adv_delta", shape=(n, *image_shape), chunks=(c, *image_shape), dtype="float16",
+                         fill_value=0)
+    run.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+    run.attrs.update(_json_safe({**attrs, "fingerprint": fp, "chunk_size": chunk_size, "n": n}))
+    return run
+
+
+def write_chunk(run: zarr.Group, chunk: int, rows: dict[str, np.ndarray], reasons: list[str],
+                x_adv_delta: np.ndarray | None = None) -> None:
+    """Write one shard's rows, then mark it done (the flag goes last)."""
+    c = int(run.attrs["chunk_size"])
+    lo = chunk * c
+    hi = lo + len(reasons)
+    for name, value in rows.items():
+        run[name][lo:hi] = value
+    run["reason"][lo:hi] = np.array(reasons, dtype=str)
+    if x_adv_delta is not None and "x_adv_delta" in run:
+        run["x_adv_delta"][lo:hi] = x_adv_delta.astype(np.float16)
+    run["done"][chunk] = True
+
+
+def done_chunks(run: zarr.Group) -> np.ndarray:
+    return np.asarray(run["done"][:], dtype=bool)
+
+
+def done_rows(run: zarr.Group) -> np.ndarray:
+    """Boolean mask over the N rows: those inside finished chunks."""
+    c, n = int(run.attrs["chunk_size"]), int(run.attrs["n"])
+    return np.repeat(done_chunks(run), c)[:n]
+
+
+def iter_runs(root: zarr.Group):
+    """(model, dataset, run key, run group) for every run in the store."""
+    for model, mg in sorted(root.groups()):
+        for dataset, dg in sorted(mg.groups()):
+            for key, run in sorted(dg.groups()):
+                if "done" in run:
+                    yield model, dataset, key, run
