@@ -25,6 +25,8 @@ run: setup
 	$(SML) train --model mlliw --root $(DEMO)/data --out $(DEMO)/ckpt/mlliw.pt --resume \
 	    --backbone-weights $(DEMO)/ckpt/mlgcn.pt --normalization imagenet
 	$(SML) evaluate --checkpoint $(DEMO)/ckpt/mlgcn.pt $(DEMO)/ckpt/mlliw.pt --out $(DEMO)/table1.json
+	$(SML) sweep sweeps/demo.toml --out $(DEMO)/store.zarr
+	$(SML) report $(DEMO)/store.zarr --out $(DEMO)/reports
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -33,6 +33,36 @@ def _emit_json(obj, path: str | None) -> None:
         write_text_atomic(Path(path), text + "\n")
 
 
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-missing", action="store_true",
+                   help="go on without unusable samples (missing images, bad label lines), reporting them")
+    p.add_argument("--split-seed", type=int, help="seed of the study's 80/20 split (VOC2012, NUS-WIDE; default 0)")
+
+
+def _data_kw(a: argparse.Namespace) -> dict:
+    kw = {"allow_missing": a.allow_missing}
+    if a.split_seed is not None:
+        kw["seed"] = a.split_seed
+    return kw
+
+
+def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding", help="ML-GCN release checkpoints: the GloVe pickle (default: found next to it)")
+    p.add_argument("--label-names", help="file with the checkpoint's label names, one per line")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="fully unpickle a checkpoint the safe loader refuses (only for files you trust)")
+
+
+def _checkpoint_kw(a: argparse.Namespace) -> dict:
+    names = None
+    if a.label_names:
+        try:
+            names = [ln.strip() for ln in Path(a.label_names).read_text().splitlines() if ln.strip()]
+        except OSError:
+            raise UserError(f"{a.label_names}: label names file not found") from None
+    return {"embedding": a.embedding, "label_names": names, "trust_pickle": a.trust_checkpoint}
+
+
 # ---------------------------------------------------------------- data
 @command("data", "build a data set (the embedded demo)")
 def _data(p: argparse.ArgumentParser) -> None:
@@ -81,7 +111,9 @@ def _train(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=typ)
     p.add_argument("--freeze-backbone", action="store_true", default=None)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
+    _add_data_flags(p)
     p.set_defaults(run=_run_train)
 
 
@@ -110,7 +142,7 @@ def _run_train(a: argparse.Namespace) -> None:
     name = a.recipe or ("demo" if a.dataset == "demo" else "paper")
     train_cfg = recipe(a.model, name, **train_kw)
     res = train(model_cfg=model_cfg, train_cfg=train_cfg, dataset=a.dataset, root=a.root, out=a.out,
-                resume=a.resume, progress=not a.no_progress)
+                resume=a.resume, progress=not a.no_progress, device=a.device, **_data_kw(a))
     h = res["history"][-1] if res["history"] else {}
     state = f"trained {res['ran']} epoch(s)" if res["ran"] else "up to date"
     print(f"{a.out}: {state}, {res['epochs']} epochs in all, last loss {h.get('loss', float('nan')):.4f}")
@@ -125,6 +157,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="default: the data set's test split")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="also write the JSON to this file")
+    _add_checkpoint_flags(p)
+    _add_data_flags(p)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -132,7 +166,8 @@ def _run_evaluate(a: argparse.Namespace) -> None:
     from engine.models.evaluate import evaluate
     from engine.report import table1_markdown
 
-    rows = [evaluate(c, dataset=a.dataset, root=a.root, split=a.split) for c in a.checkpoint]
+    rows = [evaluate(c, dataset=a.dataset, root=a.root, split=a.split, **_checkpoint_kw(a), **_data_kw(a))
+            for c in a.checkpoint]
     obj = rows[0] if len(rows) == 1 else rows
     _emit_json(obj, a.out)
     if a.json:
@@ -181,7 +216,11 @@ def _attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="MLA-LP: CPU worker processes for the LPs")
     p.add_argument("--model-key", help="group name for the model in the store (default: checkpoint stem)")
+    p.add_argument("--compile", default="auto",
+                   help="on | off | auto: each iteration as one torch.compile graph (auto: on CUDA only)")
     p.add_argument("--no-progress", action="store_true")
+    _add_checkpoint_flags(p)
+    _add_data_flags(p)
     p.set_defaults(run=_run_attack)
 
 
@@ -201,7 +240,8 @@ def _run_attack(a: argparse.Namespace) -> None:
                             target_label=a.target_label, params=params, n=a.n, seed=a.seed, order=a.order,
                             dataset=a.dataset, root=a.root, split=a.split, chunk_size=a.chunk_size,
                             batch_size=a.batch_size, early_exit=a.early_exit, save_adv=a.save_adv, device=a.device,
-                            model_key=a.model_key, workers=a.workers, progress=not a.no_progress)
+                            model_key=a.model_key, workers=a.workers, progress=not a.no_progress, compile=a.compile,
+                            **_checkpoint_kw(a), **_data_kw(a))
     rates = " ".join(f"{v:.3f}" for v in res["success_final"])
     note = ""
     if res["n"] < res["n_requested"]:
@@ -229,6 +269,8 @@ def _run_report(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
+    from cli import sweep_cmd  # noqa: F401 - registers `sml sweep`
+
     parser = argparse.ArgumentParser(prog="sml", description="Showing-many-labels adversarial attack engine")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

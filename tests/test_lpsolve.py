@@ -210,6 +210,7 @@ def test_torch_tensor_input():
         (np.ones((3, 5)), np.ones(4), "length l = 3"),
         (np.ones((3, 5)), np.ones((3, 1)), "1-D"),
         (np.full((3, 5), np.nan), -np.ones(3), "non-finite"),
+        (np.full((3, 5), np.nan), np.ones(3), "non-finite"),  # even when r = 0 would do
         (np.ones((3, 5)), np.array([1.0, np.inf, -1.0]), "non-finite"),
         (np.ones((3, 5), dtype=complex), -np.ones(3), "real numeric"),
     ],
@@ -287,3 +288,11 @@ def test_pool_defaults_use_all_cores():
         assert pool.workers * pool.threads_per_worker == os.cpu_count()
     finally:
         pool.close()
+
+
+def test_thread_count_can_change_within_a_process():
+    """HiGHS keeps one scheduler per process; asking for another thread count must restart it, not fail."""
+    A, b, t_ref = reference("random", 20, 300, 1)
+    for threads in (1, 2, 1):
+        r, t, status = solve_linf_lp(A, b, threads=threads)
+        check_solution(A, b, r, t, status, t_ref)

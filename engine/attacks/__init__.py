@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engine.attacks import gradient, losses, mlalp, mlcw, mldp, targets  # noqa: F401 - importing registers them
-from engine.attacks.driver import AttackResult, run_iterative, sample_noise
+from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
 from engine.errors import UserError
 
@@ -39,12 +39,15 @@ def attack_mode(model: nn.Module):
 def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str = "paper",
         target: str = "show-many", seed: int = 0, *, sample_ids: Sequence[int] | None = None,
         early_exit: bool = False, exit_every: int = 4, target_label: int | str | None = None,
-        config: AttackConfig | None = None, ctx: dict[str, Any] | None = None, **params: Any) -> AttackResult:
+        config: AttackConfig | None = None, ctx: dict[str, Any] | None = None, compile: bool = False,
+        **params: Any) -> AttackResult:
     """Attack a batch of images [B,3,H,W] in [0,1] (left untouched) towards the target's y*.
 
     ``params`` override the preset's values (unknown names are an error listing the valid ones).
     ``sample_ids`` (default 0..B-1) seed per-sample randomness, so a sample's result does not depend
-    on the batch it is in.
+    on the batch it is in. ``compile`` runs each iteration of the gradient attacks as one
+    torch.compile graph (see engine.attacks.driver.compiled_advance); results agree with eager
+    mode up to float rounding.
     """
     spec = get(attack)
     cfg = config if config is not None else make_config(spec.name, preset, **params)
@@ -62,6 +65,11 @@ def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str
         y_star, eligible = targets.build(target, clean, ids, seed, target_label=target_label,
                                          label_names=getattr(model, "label_names", None))
         if spec.kind == "iterative":
-            return run_iterative(model, x0, y_star, eligible, spec, cfg, loss_fn=losses.get(cfg.loss, cfg.prob_clamp),
-                                 noise=sample_noise(x0, ids, seed), early_exit=early_exit, exit_every=exit_every)
+            loss_fn = losses.get(cfg.loss, cfg.prob_clamp)
+            advance = None
+            if compile:
+                advance = compiled_advance(model, spec, cfg, (cfg.loss, cfg.prob_clamp), loss_fn)
+            return run_iterative(model, x0, y_star, eligible, spec, cfg, loss_fn=loss_fn,
+                                 noise=sample_noise(x0, ids, seed), early_exit=early_exit, exit_every=exit_every,
+                                 advance=advance)
         return spec.run(model, x0, y_star, eligible, cfg, dict(ctx or {}, sample_ids=ids, seed=seed))

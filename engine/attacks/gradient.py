@@ -85,16 +85,18 @@ class MIFGSMConfig(AttackConfig):
     decay: float = 1.0
 
 
-def _fgsm(x, x0, g, s, cfg):
-    return K.linf_step(x, x0, g, cfg.eps, cfg.eps), s
+# Steps take the kernel namespace ``k``: kernels.dispatch (fused Triton kernels on CUDA) when run
+# eagerly, kernels.reference inside torch.compile (inductor then fuses the torch code itself).
+def _fgsm(x, x0, g, s, cfg, k=K):
+    return k.linf_step(x, x0, g, cfg.eps, cfg.eps), s
 
 
-def _fgm(x, x0, g, s, cfg):
-    return K.l2_step(x, x0, g, cfg.eps, INF), s
+def _fgm(x, x0, g, s, cfg, k=K):
+    return k.l2_step(x, x0, g, cfg.eps, INF), s
 
 
-def _linf(x, x0, g, s, cfg):
-    return K.linf_step(x, x0, g, cfg.step, cfg.eps), s
+def _linf(x, x0, g, s, cfg, k=K):
+    return k.linf_step(x, x0, g, cfg.step, cfg.eps), s
 
 
 def _linf_init(x0, cfg, noise):
@@ -103,8 +105,8 @@ def _linf_init(x0, cfg, noise):
     return (x0 + noise(-cfg.eps, cfg.eps)).clamp(0, 1), None
 
 
-def _slide(x, x0, g, s, cfg):
-    return K.slide_step(x, x0, g, cfg.step, cfg.eps, cfg.sparsity, projection=cfg.projection), s
+def _slide(x, x0, g, s, cfg, k=K):
+    return k.slide_step(x, x0, g, cfg.step, cfg.eps, cfg.sparsity, projection=cfg.projection), s
 
 
 def _mifgsm_init(x0, cfg, noise):
@@ -113,8 +115,8 @@ def _mifgsm_init(x0, cfg, noise):
     return x0.clone(), torch.zeros_like(x0)
 
 
-def _mifgsm(x, x0, g, m, cfg):
-    return K.mifgsm_step(x, x0, g, m, cfg.step, cfg.eps, cfg.decay)
+def _mifgsm(x, x0, g, m, cfg, k=K):
+    return k.mifgsm_step(x, x0, g, m, cfg.step, cfg.eps, cfg.decay)
 
 
 register(AttackSpec(

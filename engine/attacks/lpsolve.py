@@ -45,23 +45,35 @@ wherever that is non-zero, r_j = 0 for columns of A that are exactly zero, and t
 not a separate step: those columns are free variables of the restricted LP below, so r = v/s comes out of
 the same solve.  The returned r is always re-verified against A r <= b in float64.
 
-Algorithm (sifting over a sign "glob", warm-started from nested random subsamples)
------------------------------------------------------------------------------------
+Algorithm: sifting over a sign "glob", warm-started on nested weighted subsamples
+---------------------------------------------------------------------------------
 Only the sign pattern of A^T lam* matters, and a lam close to lam* already fixes the sign of every column
-except those with |g_j| / ||a_j|| small.  So the restricted LP keeps a working set W of columns free in
-[-1, 1] and fixes every other column at v_j = -sign(g_j) of the current lam; the fixed columns are folded
-into a single column c = sum_{j not in W} v_j a_j with weight (1 - beta), beta in [0, 1] (beta > 0 only if
-the fixed signs are so wrong that the LP would otherwise be infeasible: with beta = 1, (v, s) = 0 is always
-feasible).  That LP has l rows and |W| + 2 columns (HiGHS dual simplex, warm-started).  After solving it,
-one product g = A^T lam checks every fixed column: if each one's fixed value agrees with -sign(g_j) by more
-than the floating-point error bound of g_j (and beta = 0), the KKT conditions of the full (H) hold and the
-solution is optimal -- a combinatorial certificate, not a tolerance on a gap.  Otherwise the disagreeing
-columns are moved into W and the LP is re-solved from its previous basis (Portnoy & Koenker's "globbing"
-fix-up for l1 regression).  A good first lam comes from solving the same problem on a nested sequence of
-random column subsamples (sizes n0, 4 n0, 16 n0, ..., d): each level's optimal lam (and basis) starts the
-next one, where only a band of ~sqrt(l n) columns is uncertain.  Typical cost at d = 3*448*448, l = 80:
-5 levels, 5-8 small LPs, ~10 matrix-vector products.  If anything fails to verify, the full (H) is solved
-directly (l rows, d columns: exact, slower) before giving up with an "error" status.
+except those with small |g_j| / ||a_j|| (the distance of lam to that column's kink).  So the restricted LP
+keeps a working set W of columns free in [-1, 1] and fixes every other column at v_j = -sign(g_j) of the
+current lam; the fixed columns are folded into one column c = sum_{j not in W} v_j a_j with weight
+(1 - beta), beta in [0, 1] (beta > 0 only if the fixed signs are so wrong that the LP would otherwise be
+infeasible: with beta = 1, (v, s) = 0 is always feasible).  That LP has l rows and |W| + 2 columns (HiGHS
+dual simplex, one model whose basis is kept and updated throughout).  After each solve one product
+g = A^T lam checks every fixed column: if each one's fixed value agrees with -sign(g_j) by more than the
+rounding bound of g_j (float32 passes; entries inside the bound are recomputed in float64) and beta = 0,
+the KKT conditions of the full (H) hold and the solution is optimal -- a combinatorial certificate, not a
+tolerance on a gap.  Otherwise the disagreeing columns move into W at their new preferred bound and the LP
+is re-solved from its basis (Portnoy & Koenker's "globbing" fix-up for l1 regression); s never decreases
+and W only grows, so this terminates.
+
+The first lam comes from the same problem on nested subsamples of the columns (sizes n0 = max(2000, 40 l),
+4 n0, 16 n0, ..., all), drawn with probability ~ ||a_j|| (heavy-tailed gradients are dominated by a few
+large pixels) and reweighted to an unbiased estimate of ||A^T lam||_1.  Each level starts from the previous
+level's lam and basis, with a band of ~c sqrt(l n) uncertain columns in W, c measured on the levels before.
+
+Why not Kelley cutting planes on (D) (the cut s = sign(A^T lam) is the glob column A s above): with d ~ 1e5
+kinks, ||A^T lam||_1 is nearly smooth at the scale of the cuts, so a pure cutting-plane model needs many
+rounds (each an O(l d) pass) and zig-zags in l = 80 dimensions; keeping the uncertain columns exact in W
+gives the model the curvature that pure cuts lack, and the nested subsamples give it a lam that is already
+accurate.  Typical cost at d = 3*448*448, l = 80 (gradient-like A, one core): 5 levels, 5-7 restricted LPs
+of 1-4k columns with a few dozen simplex iterations, ~10 passes over A, 0.3-0.5 s.  Unstructured i.i.d.
+Gaussian A needs a few hundred simplex iterations per level and ~2 s.  If anything fails to converge or
+verify, the full (H) is solved as one LP (l rows, d columns: exact, slower) before "error" is returned.
 """
 
 from __future__ import annotations
@@ -71,6 +83,7 @@ import concurrent.futures as cf
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import weakref
@@ -178,10 +191,13 @@ def _gemv64(A: np.ndarray, x: np.ndarray, with_abs: bool = False):
     return (out, out_abs) if with_abs else out
 
 
-def _blas_limit(threads: int):
+def _blas_single():
+    # The solver's BLAS calls are l x d matrix-vector products: memory-bound, no faster on two threads, and
+    # OpenBLAS' threading measured 3-10x slower on a loaded 2-core machine (spinning threads competing for the
+    # cores).  So they always run single-threaded, whatever `threads` asks of HiGHS.
     if _threadpool_limits is None:
         return nullcontext()
-    return _threadpool_limits(limits=max(1, int(threads)), user_api="blas")
+    return _threadpool_limits(limits=1, user_api="blas")
 
 
 def _sig(g: np.ndarray) -> np.ndarray:
@@ -198,11 +214,44 @@ def _fixed_values(g: np.ndarray, active: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 # HiGHS
 # ----------------------------------------------------------------------------------------------------------
+_highs_threads = [None]  # thread count HiGHS' process-global scheduler was started with
+_highs_lock = threading.Lock()
+
+
+_banner_shown = [False]
+
+
+def _construct_highs() -> highspy.Highs:
+    """highspy.Highs(), with the copyright banner that the first instance of a process writes to fd 1
+    sent to /dev/null: it is printed in C before any option can be set, and it would corrupt output
+    such as ``sml evaluate --json``."""
+    with _highs_lock:
+        if _banner_shown[0]:
+            return highspy.Highs()
+        _banner_shown[0] = True
+        sys.stdout.flush()
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1)
+            return highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+
+
 def _new_highs(threads: int, tol: float, time_limit: float | None = None) -> highspy.Highs:
-    h = highspy.Highs()
+    threads = max(1, int(threads))
+    with _highs_lock:
+        # HiGHS starts one scheduler per process on the first run(); a later instance asking for another
+        # thread count fails with status "Not Set" unless the scheduler is restarted.
+        if _highs_threads[0] is not None and _highs_threads[0] != threads:
+            highspy.Highs.resetGlobalScheduler(True)
+        _highs_threads[0] = threads
+    h = _construct_highs()
     h.setOptionValue("output_flag", False)  # first, so that nothing below prints
     h.setOptionValue("log_to_console", False)
-    h.setOptionValue("threads", max(1, int(threads)))
+    h.setOptionValue("threads", threads)
     ftol = float(min(1e-7, max(1e-10, tol)))  # HiGHS accepts [1e-10, inf); looser than 1e-7 buys nothing
     h.setOptionValue("primal_feasibility_tolerance", ftol)
     h.setOptionValue("dual_feasibility_tolerance", ftol)
@@ -279,8 +328,9 @@ class _Master:
         h = self.h
         h.run()
         ms = h.getModelStatus()
-        x = np.asarray(h.getSolution().col_value)
-        y = np.asarray(h.getSolution().row_dual)
+        sol = h.getSolution()
+        x = np.asarray(sol.col_value)
+        y = np.asarray(sol.row_dual)
         cst = h.getBasis().col_status
         ok = ms == _MS.kOptimal and x.size == self.ncol + 2
         return {
@@ -576,8 +626,9 @@ def solve_linf_lp(
     |r_j| <= t*, so the box only matters through t* <= bound.
     tol: HiGHS primal/dual feasibility tolerance (clipped to [1e-10, 1e-7]).
     max_rounds: cap on the number of restricted LPs before falling back to one direct LP.
-    threads: HiGHS threads, and the BLAS thread limit during the call (threadpoolctl, process-wide while it
-    runs).
+    threads: HiGHS threads.  The solver's own BLAS calls run single-threaded during the call (threadpoolctl,
+    process-wide while it runs): they are memory-bound matrix-vector products.  HiGHS has one scheduler per
+    process, restarted when the thread count changes: threads that solve concurrently must agree on it.
     direct_max: problems with at most this many non-zero columns are solved as one LP; larger ones start
     from a random subsample of that many columns (default max(2000, 40 l)).
     info: if given, a dict filled with diagnostics (rounds = restricted LPs solved, levels, lp_iters,
@@ -595,17 +646,16 @@ def solve_linf_lp(
     info.update(rounds=0, levels=0, lp_iters=0, passes=0, method="trivial")
     l, d = A.shape
     zeros = np.zeros(d)
-    if l == 0 or bool(np.all(b >= 0)):
-        info["seconds"] = time.perf_counter() - t_start
-        return zeros, 0.0, "optimal"  # r = 0 satisfies A r <= b
-    with _blas_limit(threads):
+    with _blas_single():
+        nrm = _column_norms(A)  # also rejects non-finite A
+        if l == 0 or bool(np.all(b >= 0)):
+            info["seconds"] = time.perf_counter() - t_start
+            return zeros, 0.0, "optimal"  # r = 0 satisfies A r <= b
         rowmax = np.maximum(A.max(axis=1), -A.min(axis=1)).astype(np.float64) if d else np.zeros(l)
         if np.any((rowmax == 0) & (b < 0)):  # a zero row with b_k < 0 reads 0 <= b_k < 0
-            _column_norms(A)  # still reject non-finite input
             info["seconds"] = time.perf_counter() - t_start
             return zeros, math.inf, "infeasible"
         # zero rows with b_k >= 0 stay in the LP: their row reads -s b_k <= 0, always satisfied
-        nrm = _column_norms(A)
         P = _Problem(A, b, rowmax, threads, tol, info)
         neg = b < 0  # s* <= ||a_k||_1 / -b_k <= max_j |a_kj| N / -b_k for every violated row k
         P.s_ub = float(np.min(rowmax[neg] * max(1, np.count_nonzero(nrm)) / -b[neg]))

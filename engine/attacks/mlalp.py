@@ -11,12 +11,15 @@ constraint generation: its cost grows with l, not with the d pixels), in a pool 
 Loop, after hinanmu/MLALP ``mla_lp`` (10 iterations): x <- clip(x + r). A sample whose LP is
 infeasible or fails is marked failed with the reason (the code sets r = 0 and gives up on it); one
 whose attacked labels have not moved at all after 5 iterations likewise. A label of y* that is
-still wrong and whose confidence did not move towards y* has its threshold pushed 0.05 further
-from 0.5, up to 0.4 away (the code lowers t by 0.05 down to 0.1 for the labels it hides, y* = 0;
-here the same rule is applied symmetrically, so labels to be shown, y* = 1, are raised towards
-0.9). The iterate with most labels matching y* is kept (ties: smaller RMS perturbation); if the
-count drops the iterate restarts from the clean image (``released`` also discards the best so far,
-as the code does). Norm: Linf. Shapes: x [B,3,H,W] in [0,1].
+still wrong and whose confidence did not move towards y*, or is within 0.1 of the boundary, has
+its threshold pushed 0.05 further from 0.5, up to 0.4 away (the code lowers t by 0.05, down to
+0.1, for the labels it hides, y* = 0, when they do not improve or are below 0.6; here the same
+rule is applied symmetrically, so labels to be shown, y* = 1, are raised towards 0.9). The
+iterate with most labels matching y* is kept (ties: smaller RMS perturbation); if the count drops
+the iterate restarts from the clean image (``released`` also discards the best so far, as the code
+does). With a worker pool (``workers`` or a shared ``lp_pool``), each iteration is split in two
+halves so that one half's LPs are solved while the other half's Jacobian is computed.
+Norm: Linf. Shapes: x [B,3,H,W] in [0,1].
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def run(model, x0, y_star, eligible, cfg: MLALPConfig, ctx):
     B, dev = x0.shape[0], x0.device
     l = y_star.shape[1]
     clamp = cfg.prob_clamp if cfg.prob_clamp > 0 else 1e-6
+
     def probs(x):
         return torch.sigmoid(model(x)).clamp(clamp, 1 - clamp)
 
@@ -84,76 +88,97 @@ def run(model, x0, y_star, eligible, cfg: MLALPConfig, ctx):
     own_pool = None
     if pool is None and cfg.workers > 0:
         pool = own_pool = LPPool(workers=cfg.workers)
+    def probs_of(lk, y_sel):
+        # The current probabilities from the per-label losses (no second forward):
+        # L = -log p for y* = 1 and -log(1 - p) for y* = 0.
+        e = torch.exp(-lk)
+        return torch.where(y_sel > 0.5, e, 1 - e)
+
+    def linear_programs(idx):
+        """Jacobian of the per-label losses at the current iterates and the LPs (A, b) per sample."""
+        y_sel = y_star[idx]
+        J, lk = jacobian(lambda xx: _per_label_bce(probs(xx), y_sel), x[idx])
+        b = (_per_label_bce(thr[idx], y_sel.double()) - lk.double()).cpu().numpy()
+        A = J.flatten(2).cpu().numpy()
+        jobs = []
+        for j in range(len(idx)):
+            keep = np.any(A[j] != 0, axis=1)  # a label with an all-zero gradient cannot be moved: drop it
+            jobs.append((np.ascontiguousarray(A[j][keep]), b[j][keep]))
+        return jobs, probs_of(lk, y_sel)
+
+    def apply(it, idx, sols, pk):
+        t = thr[idx]
+        target_sel = target[idx]
+        r = torch.zeros_like(x[idx])
+        for j, (rj, _obj, status) in enumerate(sols):
+            i = int(idx[j])
+            if status != "optimal":
+                failed[i] = True
+                reasons[i] = f"LP {status} at iteration {it}"
+            elif not np.any(rj):
+                failed[i] = True
+                reasons[i] = f"LP gave r = 0 at iteration {it} (no step decreases the loss)"
+            else:
+                r[j] = torch.from_numpy(rj.astype(np.float32)).view_as(r[j])
+        iters[idx] += 1
+        xn = (x[idx] + r).clamp(0, 1)
+        with torch.no_grad():
+            z = model(xn)
+        finite = torch.isfinite(z).all(1)
+        bad_iter[idx] = torch.where(~finite & (bad_iter[idx] < 0), it, bad_iter[idx])
+        pn = torch.sigmoid(z).clamp(clamp, 1 - clamp)
+        m = matched(pn, target_sel)
+        best_counts[idx] = torch.where(finite, torch.maximum(best_counts[idx], (z >= 0).sum(1)), best_counts[idx])
+        # Thresholds: a still-wrong label that did not move towards y*, or that is within 0.1 of
+        # the boundary, is asked for more. The linearised loss of a convex BCE undershoots, so
+        # without the push an iterate approaches 0.5 from the wrong side and never crosses.
+        toward = torch.where(target_sel, pn > pk, pn < pk)
+        push = ~((pn >= 0.5) == target_sel) & (~toward | ((pn - 0.5).abs() < 0.1))
+        direction = torch.where(target_sel, 1.0, -1.0).double()
+        shifted = (t + cfg.threshold_step * direction).clamp(cfg.threshold - cfg.threshold_max_shift,
+                                                              cfg.threshold + cfg.threshold_max_shift)
+        thr[idx] = torch.where(push, shifted, t)
+        # No progress at all on the attacked labels after 5 iterations: give up, as the code does.
+        att = attacked[idx]
+        stuck = (it >= 5) & ((pn == p0[idx]) | ~att).all(1) & att.any(1)
+        for j in torch.nonzero(stuck).flatten().tolist():
+            i = int(idx[j])
+            if not failed[i]:
+                failed[i] = True
+                reasons[i] = f"attacked labels unchanged after {it + 1} iterations"
+        x[idx] = xn
+        bm = best_m[idx]
+        rms_new = (xn - x0[idx]).flatten(1).pow(2).mean(1).sqrt()
+        rms_best = (best_x[idx] - x0[idx]).flatten(1).pow(2).mean(1).sqrt()
+        better = finite & ((m > bm) | ((m == bm) & (rms_new < rms_best)))
+        worse = finite & (m < bm)
+        best_x[idx] = torch.where(better.view(-1, 1, 1, 1), xn, best_x[idx])
+        best_m[idx] = torch.where(better, m, bm)
+        x[idx] = torch.where(worse.view(-1, 1, 1, 1), x0[idx], x[idx])
+        if cfg.reset_best_on_drop:
+            best_x[idx] = torch.where(worse.view(-1, 1, 1, 1), x0[idx], best_x[idx])
+            best_m[idx] = torch.where(worse, clean_m[idx], best_m[idx])
+
     try:
         for it in range(cfg.iterations):
             todo = eligible & ~failed & (best_m < l)
             if not bool(todo.any()):
                 break
             idx = torch.nonzero(todo).flatten()
-            y_sel, target_sel = y_star[idx], target[idx]
-            J, lk = jacobian(lambda xx, ys=y_sel: _per_label_bce(probs(xx), ys), x[idx])
-            with torch.no_grad():
-                pk = probs(x[idx])
-            t = thr[idx]
-            lt = _per_label_bce(t, y_sel.double())
-            b = (lt - lk.double()).cpu().numpy()
-            A = J.flatten(2).cpu().numpy()
-            jobs = []
-            for j in range(len(idx)):
-                keep = np.any(A[j] != 0, axis=1)
-                jobs.append((np.ascontiguousarray(A[j][keep]), b[j][keep]))
-            if pool is not None:
-                futures = [pool.submit(a, bb, bound=cfg.bound) for a, bb in jobs]
-                sols = [f.result() for f in futures]
+            if pool is None:
+                jobs, pk = linear_programs(idx)
+                apply(it, idx, [solve_linf_lp(a, bb, bound=cfg.bound) for a, bb in jobs], pk)
             else:
-                sols = [solve_linf_lp(a, bb, bound=cfg.bound) for a, bb in jobs]
-            r = torch.zeros_like(x[idx])
-            for j, (rj, _obj, status) in enumerate(sols):
-                i = int(idx[j])
-                if status != "optimal":
-                    failed[i] = True
-                    reasons[i] = f"LP {status} at iteration {it}"
-                elif not np.any(rj):
-                    failed[i] = True
-                    reasons[i] = f"LP gave r = 0 at iteration {it} (no step decreases the loss)"
-                else:
-                    r[j] = torch.from_numpy(rj.astype(np.float32)).view_as(r[j])
-            iters[idx] += 1
-            xn = (x[idx] + r).clamp(0, 1)
-            with torch.no_grad():
-                z = model(xn)
-            finite = torch.isfinite(z).all(1)
-            bad_iter[idx] = torch.where(~finite & (bad_iter[idx] < 0), it, bad_iter[idx])
-            pn = torch.sigmoid(z).clamp(clamp, 1 - clamp)
-            m = matched(pn, target_sel)
-            best_counts[idx] = torch.where(finite, torch.maximum(best_counts[idx], (z >= 0).sum(1)), best_counts[idx])
-            # Thresholds: a still-wrong label that did not move towards y* is asked for more.
-            toward = torch.where(target_sel, pn > pk, pn < pk)
-            push = ~((pn >= 0.5) == target_sel) & ~toward
-            direction = torch.where(target_sel, 1.0, -1.0).double()
-            shifted = (t + cfg.threshold_step * direction).clamp(cfg.threshold - cfg.threshold_max_shift,
-                                                                  cfg.threshold + cfg.threshold_max_shift)
-            thr[idx] = torch.where(push, shifted, t)
-            # No progress at all on the attacked labels after 5 iterations: give up, as the code does.
-            att = attacked[idx]
-            stuck = (it >= 5) & ((pn == p0[idx]) | ~att).all(1) & att.any(1)
-            for j in torch.nonzero(stuck).flatten().tolist():
-                i = int(idx[j])
-                if not failed[i]:
-                    failed[i] = True
-                    reasons[i] = f"attacked labels unchanged after {it + 1} iterations"
-            x[idx] = xn
-            bm = best_m[idx]
-            rms_new = (xn - x0[idx]).flatten(1).pow(2).mean(1).sqrt()
-            rms_best = (best_x[idx] - x0[idx]).flatten(1).pow(2).mean(1).sqrt()
-            better = finite & ((m > bm) | ((m == bm) & (rms_new < rms_best)))
-            worse = finite & (m < bm)
-            best_x[idx] = torch.where(better.view(-1, 1, 1, 1), xn, best_x[idx])
-            best_m[idx] = torch.where(better, m, bm)
-            x[idx] = torch.where(worse.view(-1, 1, 1, 1), x0[idx], x[idx])
-            if cfg.reset_best_on_drop:
-                best_x[idx] = torch.where(worse.view(-1, 1, 1, 1), x0[idx], best_x[idx])
-                best_m[idx] = torch.where(worse, clean_m[idx], best_m[idx])
+                # Two halves, pipelined: the workers solve the first half's LPs while this process
+                # computes the second half's Jacobian (samples are independent, so the split does
+                # not change any result).
+                groups = [g for g in (idx[: (len(idx) + 1) // 2], idx[(len(idx) + 1) // 2 :]) if len(g)]
+                pending = []
+                for g in groups:
+                    jobs, pk = linear_programs(g)
+                    pending.append((g, [pool.submit(a, bb, bound=cfg.bound) for a, bb in jobs], pk))
+                for g, futures, pk in pending:
+                    apply(it, g, [f.result() for f in futures], pk)
             failed |= bad_iter >= 0
     finally:
         if own_pool is not None:

@@ -7,7 +7,7 @@ remaining label on the 0.5 boundary of the linearisation is dr = W^T (W W^T)^-1 
 study's Eq. 9 with equality, solved greedily); r_total += dr and x = clip(x + (1 + overshoot)
 r_total). The iterate with the most labels matching y* is kept (ties: the smaller perturbation;
 the code compares image norms, evidently meaning perturbation norms). A sample whose W W^T is
-singular skips that iteration, as in the code.
+singular skips that iteration, as in the code; so does one whose step overflows float32.
 
 Presets: ``paper`` follows the original papers (Song et al. adapt DeepFool, whose overshoot is
 0.02; 20 iterations); ``released`` is the code (overshoot 0: it is commented out there).
@@ -63,8 +63,10 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
         gram = torch.where(dropped[:, :, None] | dropped[:, None, :], eye.expand_as(gram), gram)
         rhs = torch.where(dropped, 0.0, (0.5 - f).double())
         alpha, info = torch.linalg.solve_ex(gram, rhs.unsqueeze(2))
-        solved = (info == 0) & torch.isfinite(alpha).all(2).all(1) & finite
         dr = (Jf.transpose(1, 2) @ alpha.float()).squeeze(2).view_as(x[idx])
+        # A near-singular W W^T (saturated sigmoids have gradients ~1e-7) gives steps that overflow
+        # float32; such a step is skipped like a singular one, instead of poisoning r_total.
+        solved = (info == 0) & torch.isfinite(alpha).all(2).all(1) & finite & torch.isfinite(dr).flatten(1).all(1)
         r_tot[idx] += torch.where(solved.view(-1, 1, 1, 1), dr, torch.zeros_like(dr))
         x[idx] = (x0[idx] + (1 + cfg.overshoot) * r_tot[idx]).clamp(0, 1)
         with torch.no_grad():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.data.base import ImageListDataset, SkipReport, stack
 from engine.errors import UserError
@@ -16,10 +18,18 @@ class DatasetInfo:
     size: int  # default input size: the study warps every image to 448 x 448
     train_split: str
     test_split: str
+    # Keyword arguments always passed to the module's ``load`` (one module can serve several data sets).
+    options: tuple[tuple[str, Any], ...] = ()
 
 
+# The study's splits (engine.data.split): VOC2007 trainval/test, COCO train2014/val2014; VOC2012 and
+# NUS-WIDE have no labelled test set, so a seeded 20% of train + val is the test set ("study-test").
 DATASETS: dict[str, DatasetInfo] = {
     "demo": DatasetInfo("engine.data.demo", 32, "train", "test"),
+    "voc2007": DatasetInfo("engine.data.voc", 448, "trainval", "test", options=(("year", 2007),)),
+    "voc2012": DatasetInfo("engine.data.voc", 448, "study-train", "study-test", options=(("year", 2012),)),
+    "coco": DatasetInfo("engine.data.coco", 448, "train2014", "val2014"),
+    "nuswide": DatasetInfo("engine.data.nuswide", 448, "study-train", "study-test"),
 }
 
 
@@ -33,10 +43,19 @@ def info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def load(name: str, *, root: str | Path, split: str | None = None, size: int | None = None, **kw) -> ImageListDataset:
-    """Load split ``split`` (default: the test split) of data set ``name`` stored at ``root``."""
+def load(name: str, *, root: str | Path, split: str | None = None, size: int | None = None,
+         allow_missing: bool = False, **kw) -> ImageListDataset:
+    """Load split ``split`` (default: the test split) of data set ``name`` stored at ``root``.
+
+    ``allow_missing``: proceed without unusable samples (missing images, unreadable labels), which are
+    then counted in the data set's ``.skipped``, instead of raising. Loaders that cannot skip anything
+    (the demo) do not take it.
+    """
     meta = info(name)
     module = importlib.import_module(meta.module)
+    kw = {**dict(meta.options), **kw}
+    if "allow_missing" in inspect.signature(module.load).parameters:
+        kw["allow_missing"] = allow_missing
     return module.load(Path(root).expanduser(), split=split or meta.test_split, size=size or meta.size, **kw)
 
 

@@ -63,16 +63,24 @@ def from_checkpoint(ck: dict[str, Any]) -> nn.Module:
     sd = ck["state_dict"]
     emb = sd["inp"].numpy() if "inp" in sd else None
     model = build(cfg, n, embedding=emb, load_backbone_weights=False)
-    model.load_state_dict(sd)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint does not fit the {cfg.family}/{cfg.backbone} architecture it names "
+                        f"(made by another version of the engine?): {str(e).splitlines()[0]} ...") from None
     model.label_names = list(ck["label_names"])
     model.input_size = cfg.input_size
     model.eval()
     return model
 
 
-def load(path: str | Path) -> nn.Module:
-    """The model stored in a checkpoint, in eval mode, returning logits; ``.label_names`` set."""
-    model = from_checkpoint(checkpoints.read(path))
+def load(path: str | Path, embedding: str | Path | None = None, label_names: list[str] | None = None) -> nn.Module:
+    """The model stored in a checkpoint, in eval mode, returning logits; ``.label_names`` set.
+
+    ``path`` may be one of our checkpoints or an ML-GCN release checkpoint (``embedding`` and
+    ``label_names`` are for the latter: see :func:`engine.models.checkpoints.read`).
+    """
+    model = from_checkpoint(checkpoints.read(path, embedding=embedding, label_names=label_names))
     model.checkpoint_path = str(path)
     return model
 

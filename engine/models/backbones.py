@@ -29,7 +29,9 @@ def _tiny() -> tuple[nn.Module, int, nn.Module | None]:
         layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
         return layers + ([nn.MaxPool2d(2)] if pool else [])
 
-    widths = (32, 64, 128, 256)
+    # Widths chosen on the demo: 32..256 cost 1.6x more per attack iteration for the same ML-GCN
+    # quality (micro-F1 0.976), 16..128 left the frozen-feature ML-LIW head at 0.81.
+    widths = (24, 48, 96, 192)
     layers: list[nn.Module] = []
     cin = 3
     for i, w in enumerate(widths):

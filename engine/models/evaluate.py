@@ -27,11 +27,15 @@ def logits_over(model: nn.Module, ds: ImageListDataset, batch_size: int = 128) -
 
 
 def dataset_for(ck: dict[str, Any], dataset: str | None, root: str | Path | None, split: str | None,
-                path: str | Path) -> ImageListDataset:
+                path: str | Path, *, allow_missing: bool = False, **load_kw) -> ImageListDataset:
     """The split to score a checkpoint on, its labels mapped onto the checkpoint's by name."""
-    name = dataset or ck["dataset"]["name"]
-    root = root or ck["dataset"]["root"]
-    ds = datasets.load(name, root=root, split=split, size=ck["model"]["input_size"])
+    name = dataset or (ck.get("dataset") or {}).get("name")
+    root = root or (ck.get("dataset") or {}).get("root")
+    if name is None or root is None:
+        raise UserError(f"{path}: this checkpoint records no training data set (e.g. an ML-GCN release "
+                        f"checkpoint): pass --dataset and --root")
+    ds = datasets.load(name, root=root, split=split, size=ck["model"]["input_size"], allow_missing=allow_missing,
+                       **load_kw)
     if len(ds.label_names) != len(ck["label_names"]):
         raise UserError(
             f"{path}: checkpoint has {len(ck['label_names'])} labels but data set {name!r} at {root} has "
@@ -41,12 +45,15 @@ def dataset_for(ck: dict[str, Any], dataset: str | None, root: str | Path | None
 
 
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, root: str | Path | None = None,
-             split: str | None = None) -> dict[str, Any]:
-    ck = checkpoints.read(checkpoint)
-    ds = dataset_for(ck, dataset, root, split, checkpoint)
+             split: str | None = None, embedding: str | Path | None = None, label_names: list[str] | None = None,
+             trust_pickle: bool = False, allow_missing: bool = False, **load_kw) -> dict[str, Any]:
+    ck = checkpoints.read(checkpoint, embedding, label_names, trust_pickle=trust_pickle)
+    ds = dataset_for(ck, dataset, root, split, checkpoint, allow_missing=allow_missing, **load_kw)
     model = from_checkpoint(ck)
     logits, y = logits_over(model, ds)
     out = table1(logits, y)
     out.update({"model": ck["model"]["family"], "backbone": ck["model"]["backbone"], "dataset": ds.name,
                 "split": ds.split, "checkpoint": str(checkpoint)})
+    if ds.skipped.total:
+        out["skipped"] = {"total": ds.skipped.total, "reasons": ds.skipped.reasons}
     return out

@@ -41,11 +41,12 @@ PRELOAD_BYTES = 1.5 * 2**30  # decode the whole split into memory below this siz
 
 # Training recipes per (family, name). "paper" = the recipes the study used (see module docstring);
 # "demo" = what trains on two CPU cores in about a minute. The demo ML-LIW follows the paper recipe's
-# shape (frozen pretrained backbone, head only) with the demo ML-GCN's backbone standing in for
-# ImageNet weights, which nothing here can download.
+# shape (frozen pretrained backbone, head only, 100 epochs, StepLR(30, 0.9)) with the demo ML-GCN's
+# backbone standing in for ImageNet weights, which nothing here can download, and lr 1e-2 instead
+# of 1e-3: on the 192-d demo features the head reached micro-F1 0.87 at 1e-3 and 0.89 at 1e-2.
 RECIPES: dict[tuple[str, str], dict] = {
     ("mlgcn", "demo"): {},
-    ("mlliw", "demo"): dict(lr=1e-3, epochs=100, batch_size=100, freeze_backbone=True, augment=False,
+    ("mlliw", "demo"): dict(lr=1e-2, epochs=100, batch_size=100, freeze_backbone=True, augment=False,
                             lr_schedule="step", lr_step=30, lr_gamma=0.9, weight_decay=0.0,
                             grad_clip=float("inf")),
     ("mlgcn", "paper"): dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, backbone_lr_mult=0.1,
@@ -129,7 +130,7 @@ def _pooled_features(model: nn.Module, ds, preloaded: torch.Tensor | None, batch
     for s in range(0, len(ds), batch_size):
         idx = range(s, min(s + batch_size, len(ds)))
         x = preloaded[s : s + batch_size] if preloaded is not None else torch.stack([ds.image(i) for i in idx])
-        out.append(model.pooled(x))
+        out.append(model.pooled(x.to(next(model.parameters()).device)))
     return torch.cat(out)
 
 
@@ -171,11 +172,15 @@ def train(
     out: str | Path,
     resume: bool = False,
     progress: bool = True,
+    device: str = "cpu",
+    allow_missing: bool = False,
+    **load_kw,
 ) -> dict[str, Any]:
     """Train and checkpoint to ``out`` after every epoch; returns a summary dict."""
     out = Path(out)
     meta = datasets.info(dataset)
-    ds = datasets.load(dataset, root=root, split=meta.train_split, size=model_cfg.input_size)
+    ds = datasets.load(dataset, root=root, split=meta.train_split, size=model_cfg.input_size,
+                       allow_missing=allow_missing, **load_kw)
     ds_desc = {"name": dataset, "root": str(Path(root).expanduser().resolve()), "size": model_cfg.input_size,
                "split": meta.train_split, "num_samples": len(ds)}
     start_epoch, history = 0, []
@@ -209,6 +214,7 @@ def train(
         model = build(model_cfg, ds.num_labels, correlation=corr, embedding=emb)
         if model_cfg.family == "mlliw":
             _prior_bias(model.fc, ds.labels)
+    model.to(device)
     opt = _optimizer(model, train_cfg)
     if ck is not None and ck.get("optimizer"):
         opt.load_state_dict(ck["optimizer"])
@@ -223,7 +229,7 @@ def train(
 
     cached = None
     if train_cfg.freeze_backbone and not train_cfg.augment:
-        cached = _pooled_features(model, ds, preloaded)
+        cached = _pooled_features(model, ds, preloaded).cpu()
 
     for epoch in range(start_epoch, train_cfg.epochs):
         model.train()
@@ -236,12 +242,10 @@ def train(
         bar = tqdm(total=n, desc=f"{model_cfg.family} epoch {epoch + 1}/{train_cfg.epochs}", unit="img",
                    disable=not progress, leave=False, dynamic_ncols=True)
         for x, y in _batches(ds, n, train_cfg.batch_size, gen, cached if cached is not None else preloaded):
-            if cached is not None:
-                loss = criterion(model.head(x), y)
-            else:
-                if train_cfg.augment:
-                    x = _augment(x, gen)
-                loss = criterion(model(x), y)
+            if cached is None and train_cfg.augment:
+                x = _augment(x, gen)  # on the host: the generator (and so the data order) is device-free
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = criterion(model.head(x) if cached is not None else model(x), y)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -270,7 +274,7 @@ def train(
                 "dataset": ds_desc,
                 "train": train_cfg.to_dict(),
                 "epoch": epoch + 1,
-                "state_dict": model.state_dict(),
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "optimizer": opt.state_dict(),
                 "history": history,
             },

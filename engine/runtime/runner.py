@@ -13,7 +13,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,10 @@ from engine.errors import UserError
 from engine.models import checkpoints, from_checkpoint
 from engine.models.evaluate import dataset_for
 from engine.models.metrics import table1
+from engine.runtime import batching
 from engine.runtime import store as st
 
 log = logging.getLogger(__name__)
-
-SOLVER_MEMORY = 1 << 30  # bytes of Jacobian a solver batch may hold (B x l x d float32)
-
 
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -57,10 +55,12 @@ class Plan:
 
 
 def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
-         split: str | None = None, device: str = "cpu", model_key: str | None = None) -> Plan:
+         split: str | None = None, device: str = "cpu", model_key: str | None = None,
+         embedding: str | Path | None = None, label_names: list[str] | None = None, trust_pickle: bool = False,
+         allow_missing: bool = False, **load_kw) -> Plan:
     """Load model and data; find (or reuse from the store) the exactly-right test samples."""
-    ck = checkpoints.read(checkpoint)
-    ds = dataset_for(ck, dataset, root, split, checkpoint)
+    ck = checkpoints.read(checkpoint, embedding, label_names, trust_pickle=trust_pickle)
+    ds = dataset_for(ck, dataset, root, split, checkpoint, allow_missing=allow_missing, **load_kw)
     model = from_checkpoint(ck).to(device)
     model.label_names = list(ck["label_names"])
     digest = file_digest(checkpoint)
@@ -101,26 +101,32 @@ def _scan(model: nn.Module, ds: ImageListDataset, device: str, batch_size: int =
     return logits, np.nonzero(ok.numpy())[0]
 
 
-def auto_batch(spec, num_labels: int, image_shape: tuple[int, ...], requested: int) -> int:
-    """Gradient attacks take the requested batch; Jacobian attacks as many as fit SOLVER_MEMORY."""
-    if requested > 0 and spec.kind == "iterative":
+def batch_for(p: Plan, spec, shape: tuple[int, ...], requested: int, device: str) -> int:
+    """The requested batch, or (0) the largest that fits the memory budget (engine.runtime.batching)."""
+    if requested > 0:
         return requested
-    if spec.name in ("mldp", "mlalp"):
-        per = 2 * num_labels * math.prod(image_shape) * 4
-        fit = max(1, SOLVER_MEMORY // per)
-        return min(requested or 64, fit)
-    return requested or 64
+    return batching.auto_batch(p.model, shape, num_labels=p.dataset.num_labels,
+                               jacobian=spec.name in ("mldp", "mlalp"), device=device)
+
+
+def use_compile(flag: str | bool, device: str) -> bool:
+    """``--compile on|off|auto``: auto compiles on CUDA; on CPU eager wins (see the README's bench)."""
+    if isinstance(flag, bool):
+        return flag
+    if flag not in ("on", "off", "auto"):
+        raise UserError(f"unknown --compile value {flag!r}; valid: on, off, auto")
+    return flag == "on" or (flag == "auto" and torch.device(device).type == "cuda")
 
 
 def run_chunk(p: Plan, run, chunk: int, cfg: AttackConfig, *, attack: str, target: str, seed: int,
               target_label: Any = None, early_exit: bool = False, exit_every: int = 4, batch_size: int = 0,
-              device: str = "cpu", ctx: dict | None = None, progress=None) -> int:
+              device: str = "cpu", ctx: dict | None = None, progress=None, compile: bool = False) -> int:
     """Attack the samples of one chunk of ``run`` and write them (then the done flag)."""
     c = int(run.attrs["chunk_size"])
     index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
     spec = attacks.get(attack)
     shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
-    bs = auto_batch(spec, p.dataset.num_labels, shape, batch_size)
+    bs = batch_for(p, spec, shape, batch_size, device)
     parts: dict[str, list] = {k: [] for k in st.RESULT_FIELDS}
     reasons: list[str] = []
     deltas = []
@@ -128,7 +134,8 @@ def run_chunk(p: Plan, run, chunk: int, cfg: AttackConfig, *, attack: str, targe
         ids = index[s : s + bs]
         x = torch.stack([p.dataset.image(int(i)) for i in ids]).to(device)
         res = attacks.run(p.model, x, attack, config=cfg, target=target, seed=seed, sample_ids=ids.tolist(),
-                          early_exit=early_exit, exit_every=exit_every, target_label=target_label, ctx=ctx)
+                          early_exit=early_exit, exit_every=exit_every, target_label=target_label, ctx=ctx,
+                          compile=compile and spec.kind == "iterative")
         for k in parts:
             parts[k].append(getattr(res, k).detach().cpu().numpy())
         reasons += res.reasons
@@ -142,55 +149,134 @@ def run_chunk(p: Plan, run, chunk: int, cfg: AttackConfig, *, attack: str, targe
     return len(index)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Everything that defines one attack run of the protocol on a planned (model, data set).
+
+    ``attack_checkpoint`` and the sweep both go through :func:`open_run` and :func:`run_shard` with
+    one of these, so a run made by ``sml attack`` and the same run made by a sweep are the same run
+    (same group, same fingerprint, same rows).
+    """
+
+    attack: str
+    preset: str = "paper"
+    target: str = "show-many"
+    target_label: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    n: int | None = None  # None: the preset's protocol default (1000; 200 for MLA-LP)
+    seed: int = 0
+    order: str = "seeded"
+    chunk_size: int = 100  # samples per shard = per stored chunk: the unit of resume and of scheduling
+    batch_size: int = 0  # 0: automatic; never depends on who runs the shard
+    early_exit: bool = False
+    exit_every: int = 4
+    save_adv: bool = False
+
+    def resolve(self) -> tuple[Any, AttackConfig, int]:
+        """(attack spec, config, N requested); bad names or values raise UserError."""
+        spec = attacks.get(self.attack)
+        cfg = attacks.make_config(spec.name, self.preset, **(self.params or {}))
+        if self.target not in attacks.targets.names():
+            raise UserError(f"unknown target {self.target!r}; valid: {', '.join(attacks.targets.names())}")
+        if self.chunk_size < 1:
+            raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.batch_size < 0:
+            raise UserError(f"batch_size must be >= 0 (0: automatic), got {self.batch_size}")
+        n_req = self.n if self.n is not None else spec.default_samples.get(self.preset, 1000)
+        if n_req < 1:
+            raise UserError(f"N (number of samples) must be >= 1, got {n_req}")
+        if self.order not in ("seeded", "first"):
+            raise UserError(f"unknown sample order {self.order!r}; valid: seeded, first")
+        return spec, cfg, n_req
+
+    @property
+    def key(self) -> str:
+        spec = attacks.get(self.attack)
+        return st.run_key(spec.name, self.preset, self.target, self.early_exit, self.target_label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(**d)
+
+
+def open_run(p: Plan, root_group, rs: RunSpec):
+    """Pick the run's N samples and create its group in the store, or reopen it (same fingerprint).
+
+    The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
+    """
+    spec, cfg, n_req = rs.resolve()
+    picked = protocol.select(p.candidates, n_req, rs.seed, rs.order)
+    if len(picked) == 0:
+        raise UserError(f"{p.checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
+    if len(picked) < n_req:
+        log.warning("only %d correctly predicted samples (asked for %d): using all of them", len(picked), n_req)
+    labels = p.dataset.labels[picked].astype(bool)
+    avg = float(labels.sum(1).mean())
+    l = p.dataset.num_labels
+    fingerprint = {"checkpoint_digest": p.digest, "attack": spec.name, "config": cfg.to_dict(), "target": rs.target,
+                   "target_label": rs.target_label, "seed": rs.seed, "order": rs.order, "n_requested": n_req,
+                   "early_exit": rs.early_exit, "exit_every": rs.exit_every if rs.early_exit else None,
+                   "split": p.dataset.split}
+    attrs = {"attack": spec.name, "title": spec.title, "preset": rs.preset, "target": rs.target,
+             "target_label": rs.target_label, "config": cfg.to_dict(), "seed": rs.seed, "order": rs.order,
+             "early_exit": rs.early_exit, "semantics": "stop-at-success" if rs.early_exit else "fixed-iterations",
+             "engine_version": engine.__version__, "n_requested": n_req, "n_available": int(len(p.candidates)),
+             "avg_labels": avg, "exp_labels": protocol.exp_labels(l, avg),
+             "exp_labels_floor": protocol.exp_labels(l, avg, "floor"), "num_labels": l,
+             "label_names": p.dataset.label_names, "model_metrics": p.metrics, "checkpoint": p.checkpoint}
+    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
+    return st.create_run(st.model_group(root_group, p.model_key, p.dataset_key), rs.key, n=len(picked),
+                         num_labels=l, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=attrs,
+                         sample_index=picked, labels_true=labels, fingerprint=fingerprint)
+
+
+def todo_chunks(run) -> list[int]:
+    """Chunks of ``run`` whose done flag is not set yet (the work a resume still has to do)."""
+    return [int(c) for c in np.nonzero(~st.done_chunks(run))[0]]
+
+
+def chunk_rows(run, chunk: int) -> int:
+    c, n = int(run.attrs["chunk_size"]), int(run.attrs["n"])
+    return max(0, min(c, n - chunk * c))
+
+
+def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx: dict | None = None,
+              progress=None, compile: bool = False) -> int:
+    """Attack chunk ``chunk`` of ``run`` as ``rs`` says and write it: the unit of work of every path."""
+    spec, cfg, _ = rs.resolve()
+    return run_chunk(p, run, chunk, cfg, attack=spec.name, target=rs.target, seed=rs.seed,
+                     target_label=rs.target_label, early_exit=rs.early_exit, exit_every=rs.exit_every,
+                     batch_size=rs.batch_size, device=device, ctx=ctx, progress=progress, compile=compile)
+
+
 def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, preset: str = "paper",
                       target: str = "show-many", target_label: Any = None, params: dict | None = None,
                       n: int | None = None, seed: int = 0, order: str = "seeded", dataset: str | None = None,
                       root: str | Path | None = None, split: str | None = None, chunk_size: int = 100,
                       batch_size: int = 0, early_exit: bool = False, exit_every: int = 4, save_adv: bool = False,
                       device: str = "cpu", model_key: str | None = None, workers: int = 0,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, compile: str | bool = "auto", embedding: str | Path | None = None,
+                      label_names: list[str] | None = None, trust_pickle: bool = False, allow_missing: bool = False,
+                      **load_kw) -> dict[str, Any]:
     """Run one attack of the study's protocol on one checkpoint into the store at ``out``."""
-    spec = attacks.get(attack)
-    cfg = attacks.make_config(spec.name, preset, **(params or {}))
-    if target not in attacks.targets.names():
-        raise UserError(f"unknown target {target!r}; valid: {', '.join(attacks.targets.names())}")
-    if chunk_size < 1:
-        raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
-    n_req = n if n is not None else spec.default_samples.get(preset, 1000)
-    if n_req < 1:
-        raise UserError(f"N (number of samples) must be >= 1, got {n_req}")
+    rs = RunSpec(attack=attack, preset=preset, target=target, target_label=target_label, params=dict(params or {}),
+                 n=n, seed=seed, order=order, chunk_size=chunk_size, batch_size=batch_size, early_exit=early_exit,
+                 exit_every=exit_every, save_adv=save_adv)
+    spec, _, _ = rs.resolve()  # bad names fail before the model is loaded
     root_group = st.open_store(out, "a")
-    p = plan(checkpoint, root_group, dataset=dataset, root=root, split=split, device=device, model_key=model_key)
-    picked = protocol.select(p.candidates, n_req, seed, order)
-    if len(picked) == 0:
-        raise UserError(f"{checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
-    if len(picked) < n_req:
-        log.warning("only %d correctly predicted samples (asked for %d): using all of them", len(picked), n_req)
-    labels = p.dataset.labels[picked].astype(bool)
-    avg = float(labels.sum(1).mean())
-    l = p.dataset.num_labels
-    key = st.run_key(spec.name, preset, target, early_exit, target_label)
-    fingerprint = {"checkpoint_digest": p.digest, "attack": spec.name, "config": cfg.to_dict(), "target": target,
-                   "target_label": target_label, "seed": seed, "order": order, "n_requested": n_req,
-                   "early_exit": early_exit, "exit_every": exit_every if early_exit else None,
-                   "split": p.dataset.split}
-    attrs = {"attack": spec.name, "title": spec.title, "preset": preset, "target": target,
-             "target_label": target_label, "config": cfg.to_dict(), "seed": seed, "order": order,
-             "early_exit": early_exit, "semantics": "stop-at-success" if early_exit else "fixed-iterations",
-             "engine_version": engine.__version__, "n_requested": n_req, "n_available": int(len(p.candidates)),
-             "avg_labels": avg, "exp_labels": protocol.exp_labels(l, avg),
-             "exp_labels_floor": protocol.exp_labels(l, avg, "floor"), "num_labels": l,
-             "label_names": p.dataset.label_names, "model_metrics": p.metrics, "checkpoint": str(checkpoint)}
-    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if save_adv else None
-    run = st.create_run(st.model_group(root_group, p.model_key, p.dataset_key), key, n=len(picked),
-                        num_labels=l, image_shape=image_shape, chunk_size=chunk_size, attrs=attrs,
-                        sample_index=picked, labels_true=labels, fingerprint=fingerprint)
-    done = st.done_chunks(run)
-    todo = [c for c in range(len(done)) if not done[c]]
+    compiled = use_compile(compile, device)
+    p = plan(checkpoint, root_group, dataset=dataset, root=root, split=split, device=device, model_key=model_key,
+             embedding=embedding, label_names=label_names, trust_pickle=trust_pickle, allow_missing=allow_missing,
+             **load_kw)
+    run = open_run(p, root_group, rs)
+    todo = todo_chunks(run)
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    remaining = sum(min(chunk_size, len(picked) - c * chunk_size) for c in todo)
+    remaining = sum(chunk_rows(run, c) for c in todo)
     ctx: dict[str, Any] = {}
     pool = None
     if spec.name == "mlalp" and workers > 0:
@@ -198,12 +284,10 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
 
         pool = ctx["lp_pool"] = LPPool(workers=workers)
     try:
-        with tqdm(total=remaining, desc=f"{p.model_key}/{p.dataset_key}/{key}", unit="sample",
+        with tqdm(total=remaining, desc=f"{p.model_key}/{p.dataset_key}/{rs.key}", unit="sample",
                   disable=not progress, dynamic_ncols=True) as bar:
             for c in todo:
-                run_chunk(p, run, c, cfg, attack=spec.name, target=target, seed=seed, target_label=target_label,
-                          early_exit=early_exit, exit_every=exit_every, batch_size=batch_size, device=device,
-                          ctx=ctx, progress=bar.update)
+                run_shard(p, run, c, rs, device=device, ctx=ctx, progress=bar.update, compile=compiled)
     finally:
         if pool is not None:
             pool.close()

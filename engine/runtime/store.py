@@ -59,7 +59,19 @@ def run_key(attack: str, preset: str = "paper", target: str = "show-many", early
     return key + ("+early-exit" if early_exit else "")
 
 
+def is_url(path: str | Path) -> bool:
+    """A store given as a URL (``s3://``, ``gs://``, ``file://`` ...) goes through zarr's FsspecStore."""
+    return "://" in str(path)
+
+
 def open_store(path: str | Path, mode: str = "a") -> zarr.Group:
+    if is_url(path):
+        # Object stores write every key in one PUT, so a chunk is never torn there either; the done
+        # flag is still the last key a shard writes.
+        try:
+            return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"{path}: cannot open as a Zarr store ({e})") from None
     path = Path(path)
     if mode == "r" and not path.exists():
         raise UserError(f"{path}: result store does not exist")
@@ -91,6 +103,10 @@ def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_sh
     results of two different runs are never mixed.
     """
     fp = _json_safe(fingerprint)
+    if key in group and "fingerprint" not in group[key].attrs:
+        # The attributes are written last: a group without them is a creation that was killed
+        # half-way (its done flags cannot be set yet), so it is simply made again.
+        del group[key]
     if key in group:
         run = group[key]
         old = run.attrs.get("fingerprint")

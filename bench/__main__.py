@@ -1,0 +1,149 @@
+"""`make bench` / `python -m bench [--device cuda] [--quick]`: throughput figures, side by side.
+
+Sections: gradient attacks vs the model's floor and the peers (bench_attacks), early exit on the
+demo set, the MLA-LP solver vs the primal LP (bench_lp), and sweeps (bench_sweep, when present).
+Every run writes bench/results/<date>-<host>.json and bench/results/latest.json (a list of rows).
+Compiled artifacts are cached in bench/cache (TORCHINDUCTOR_CACHE_DIR), so a second run skips most
+of the compile time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(HERE / "cache" / "inductor"))
+
+
+def _demo_models(device: str, log):
+    """The demo ML-GCN (tiny backbone, 32 px) from `make run` if present, else trained here (~1 min)."""
+    from engine.config import DemoDataConfig, ModelConfig, TrainConfig
+    from engine.data import demo
+    from engine.models import load
+    from engine.models.train import train
+
+    root = Path("runs/demo")
+    ck = root / "ckpt" / "mlgcn.pt"
+    data_root = root / "data"
+    if not ck.exists():
+        data_root = HERE / "cache" / "demo-data"
+        ck = HERE / "cache" / "mlgcn-demo.pt"
+        demo.generate(data_root, DemoDataConfig())
+        if not ck.exists():
+            log("training the demo ML-GCN for the bench (runs/demo has none) ...")
+            train(model_cfg=ModelConfig(family="mlgcn"), train_cfg=TrainConfig(), dataset="demo", root=data_root,
+                  out=ck, progress=False)
+    return load(ck).to(device), data_root
+
+
+def _resnet18_mlgcn(device: str):
+    """ResNet-18 at 64 px with an ML-GCN head (random weights: timing and agreement only)."""
+    import torch
+
+    from engine.config import ModelConfig
+    from engine.models import build
+
+    torch.manual_seed(0)
+    m = build(ModelConfig(family="mlgcn", backbone="resnet18", input_size=64), 20)
+    return m.eval().to(device)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (<= 5 minutes on 2 cores)")
+    ap.add_argument("--only", help="comma-separated sections: attacks, early, lp, sweep")
+    a = ap.parse_args(argv)
+    import torch
+
+    from bench import bench_attacks
+    from engine import data, protocol
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    sections = set((a.only or "attacks,early,lp,sweep").split(","))
+    repeats = 2 if a.quick else 5
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+    demo_model, demo_root = _demo_models(a.device, log)
+    ds = data.load("demo", root=demo_root)
+    cand = protocol.correctly_predicted(demo_model, ds)
+    if "attacks" in sections:
+        x32, _ = data.stack(ds, cand[:32].tolist())
+        log("gradient attacks: demo ML-GCN (tiny, 32 px), batch 32")
+        rows += bench_attacks.bench_model(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
+                                          device=a.device, log=log)
+        ds64 = data.load("demo", root=demo_root, size=64)
+        x64, _ = data.stack(ds64, cand[:32].tolist())
+        log("gradient attacks: ResNet-18 + ML-GCN head at 64 px, batch 32")
+        rows += bench_attacks.bench_model(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
+                                          repeats=1 if a.quick else repeats, device=a.device, log=log,
+                                          names=("fgsm", "fgm", "bim", "pgd", "mifgsm") if a.quick else
+                                          bench_attacks.ATTACKS)
+    if "early" in sections:
+        n = 128 if a.quick else len(cand)
+        xs, _ = data.stack(ds, cand[:n].tolist())
+        log(f"early exit on {n} demo samples")
+        rows += bench_attacks.early_exit_demo(demo_model, xs.to(a.device), device=a.device, log=log)
+    if "lp" in sections:
+        from bench import bench_lp
+
+        log("MLA-LP linear programs")
+        rows += bench_lp.run(a.quick)
+    if "sweep" in sections:
+        try:
+            from bench import bench_sweep
+        except ImportError:
+            bench_sweep = None
+        if bench_sweep is not None:
+            log("sweeps")
+            rows += bench_sweep.run(a.quick)
+    meta = {"bench": "meta", "host": socket.gethostname(), "device": a.device, "quick": a.quick,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
+            "date": dt.datetime.now().isoformat(timespec="seconds"), "seconds": time.perf_counter() - t_start}
+    rows.append(meta)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d")
+    for path in (out_dir / f"{stamp}-{meta['host']}.json", out_dir / "latest.json"):
+        path.write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    print(format_tables(rows))
+    print(f"\nwrote {out_dir / 'latest.json'} ({meta['seconds']:.0f} s)")
+    return 0
+
+
+def format_tables(rows: list[dict]) -> str:
+    from bench import bench_attacks
+
+    out = [bench_attacks.format_table(rows)]
+    try:
+        from bench import bench_lp
+
+        lp = [r for r in rows if r.get("bench") == "mlalp-lp"]
+        if lp:
+            out.append(bench_lp.format_table(lp))
+    except ImportError:
+        pass
+    try:
+        from bench import bench_sweep
+
+        sw = [r for r in rows if r.get("bench") == "sweep"]
+        if sw and hasattr(bench_sweep, "format_table"):
+            out.append(bench_sweep.format_table(sw))
+    except ImportError:
+        pass
+    return "\n\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

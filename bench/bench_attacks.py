@@ -1,0 +1,253 @@
+"""Gradient attacks, side by side: the model's floor, ours (eager, compiled, early exit), AdverTorch,
+torchattacks.
+
+floor          40 x (forward + backward to the input) of the same model and batch, plain torch.
+ours-eager     engine.attacks.run, eager (the fused kernels of kernels.dispatch).
+ours-compiled  the same with compile=True (each iteration one torch.compile graph).
+ours-early-exit  eager, samples that show every label leave the batch (checked every 4 iterations).
+advertorch     AdverTorch 0.2.3's class with the same loss (sum of clamped BCE) and parameters.
+torchattacks   torchattacks 3.5.1 where it has the attack; its loss is cross-entropy, so the model is
+               wrapped to output (-L, 0) with target class 0: CE = log(1 + e^L), whose gradient is
+               sigma(L) grad L, the same direction per sample, so sign- and norm-based updates agree.
+
+Providers run interleaved within each repeat (floor, then each provider, per attack) so that load
+drifts hit all of them alike; the table reports medians. Agreement: the final label counts of a
+peer equal ours-eager's on every sample. PGD's random start differs between libraries, so PGD is
+compared from the same start: AdverTorch's perturb_iterative is given our initial delta; torchattacks
+draws its own, so its PGD is timing-only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from engine import attacks
+from engine.attacks.driver import grad_and_logits, sample_noise
+from engine.attacks.losses import bce
+
+ATTACKS = ("fgsm", "fgm", "bim", "pgd", "mifgsm", "slide")
+ITERATIONS = 40
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Tensor]:
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def _advertorch():
+    # AdverTorch 0.2.3 imports a helper that torch removed (zero_gradients); supply it before import.
+    import torch.autograd.gradcheck as gc
+
+    if not hasattr(gc, "zero_gradients"):
+        def zero_gradients(x):
+            if isinstance(x, torch.Tensor) and x.grad is not None:
+                x.grad.detach_()
+                x.grad.zero_()
+
+        gc.zero_gradients = zero_gradients
+    import advertorch.attacks as A
+    from advertorch.attacks.iterative_projected_gradient import perturb_iterative
+
+    return A, perturb_iterative
+
+
+class _CEWrap(nn.Module):
+    """(-L(y*, f(x)), 0) per sample: torchattacks' targeted cross-entropy towards class 0 descends L."""
+
+    def __init__(self, model: nn.Module, y_star: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.y_star = model, y_star
+
+    def forward(self, x):
+        lval = bce(self.model(x), self.y_star[: x.shape[0]])
+        return torch.stack([-lval, torch.zeros_like(lval)], 1)
+
+
+def peer_runs(model: nn.Module, x: torch.Tensor, name: str, cfg, y_star: torch.Tensor, noise) -> dict:
+    """{provider: zero-argument callable returning x_adv} for AdverTorch and torchattacks."""
+    runs = {}
+    loss_fn = lambda z, y: bce(z, y).sum()  # noqa: E731 - the released code's loss, summed
+    try:
+        A, perturb_iterative = _advertorch()
+    except ImportError:
+        A = None
+    if A is not None:
+        kw = dict(loss_fn=loss_fn, clip_min=0.0, clip_max=1.0, targeted=True)
+        if name == "fgsm":
+            atk = A.GradientSignAttack(model, eps=cfg.eps, **kw)
+        elif name == "fgm":
+            atk = A.GradientAttack(model, eps=cfg.eps, **kw)
+        elif name == "bim":
+            atk = A.LinfBasicIterativeAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step, **kw)
+        elif name == "mifgsm":
+            atk = A.MomentumIterativeAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step,
+                                            decay_factor=cfg.decay, **kw)
+        elif name == "slide":
+            atk = A.SparseL1DescentAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step,
+                                          l1_sparsity=cfg.sparsity, rand_init=False, **kw)
+        else:
+            atk = None
+        if name == "pgd":
+            def run_pgd():
+                delta0 = ((x + noise(-cfg.eps, cfg.eps)).clamp(0, 1) - x).detach()
+                return perturb_iterative(x, y_star, model, nb_iter=cfg.iterations, eps=cfg.eps, eps_iter=cfg.step,
+                                         loss_fn=loss_fn, delta_init=delta0.clone().requires_grad_(True),
+                                         minimize=True, clip_min=0.0, clip_max=1.0)
+            runs["advertorch"] = run_pgd
+        elif atk is not None:
+            runs["advertorch"] = lambda: atk.perturb(x, y_star)
+    try:
+        import torchattacks as TA
+    except ImportError:
+        TA = None
+    if TA is not None and name in ("fgsm", "bim", "pgd", "mifgsm"):
+        wrapped = _CEWrap(model, y_star).eval()
+        if name == "fgsm":
+            atk = TA.FGSM(wrapped, eps=cfg.eps)
+        elif name == "bim":
+            atk = TA.BIM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations)
+        elif name == "pgd":
+            atk = TA.PGD(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, random_start=True)
+        else:
+            atk = TA.MIFGSM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, decay=cfg.decay)
+        atk.set_mode_targeted_by_label(quiet=True)
+        target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        runs["torchattacks"] = lambda: atk(x, target)
+    return runs
+
+
+def floor_run(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, iterations: int) -> Callable:
+    def run():
+        for _ in range(iterations):
+            grad_and_logits(model, x, y_star, lambda z, y: bce(z, y))
+        return x
+
+    return run
+
+
+def bench_model(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: int, device: str,
+                names=ATTACKS, log=print) -> list[dict]:
+    """Rows for one model and batch."""
+    model = attacks.attack_mode(model).__enter__()
+    y_star = torch.ones(x.shape[0], model(x[:1]).shape[1], device=device)
+    ids = list(range(x.shape[0]))
+    noise = sample_noise(x, ids, 0)
+    times: dict[tuple[str, str], list[float]] = {}
+    counts: dict[tuple[str, str], torch.Tensor] = {}
+    rows = []
+    plans = {}
+    for name in names:
+        params = {"iterations": ITERATIONS} if name not in ("fgsm", "fgm") else {}
+        cfg = attacks.make_config(name, "paper", **params)
+        ours = {
+            "ours-eager": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, **p),
+            "ours-compiled": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, compile=True, **p),
+            "ours-early-exit": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, early_exit=True, **p),
+        }
+        peers = peer_runs(model, x, name, cfg, y_star, noise)
+        plans[name] = (cfg, ours, peers)
+        # Warm-up (and the compile) outside the timings; the compiled artifact is reused afterwards.
+        t0 = time.perf_counter()
+        ours["ours-compiled"]()
+        log(f"  {model_name}/{name}: compiled in {time.perf_counter() - t0:.1f} s")
+        ours["ours-eager"]()
+    iters_floor = ITERATIONS
+    for r in range(repeats):
+        dt, _ = _timed(floor_run(model, x, y_star, iters_floor), device)
+        times.setdefault(("all", "floor"), []).append(dt)
+        for name in names:
+            cfg, ours, peers = plans[name]
+            for prov, fn in list(ours.items()) + list(peers.items()):
+                dt, out = _timed(fn, device)
+                times.setdefault((name, prov), []).append(dt)
+                if r == 0:
+                    if isinstance(out, torch.Tensor):
+                        with torch.no_grad():
+                            counts[(name, prov)] = (model(out) >= 0).sum(1).cpu()
+                    else:
+                        counts[(name, prov)] = out.label_count_final.cpu()
+        log(f"  {model_name}: repeat {r + 1}/{repeats} done")
+    floor = statistics.median(times[("all", "floor")])
+    for name in names:
+        cfg, ours, peers = plans[name]
+        n_iter = getattr(cfg, "iterations", 1)
+        fl = floor * n_iter / iters_floor
+        rows.append({"attack": name, "model": model_name, "provider": "floor", "seconds_median": fl,
+                     "repeats": repeats, "iterations": n_iter, "batch": x.shape[0]})
+        eager = statistics.median(times[(name, "ours-eager")])
+        for prov in list(ours) + list(peers):
+            med = statistics.median(times[(name, prov)])
+            row = {"attack": name, "model": model_name, "provider": prov, "seconds_median": med, "repeats": repeats,
+                   "iterations": n_iter, "batch": x.shape[0], "ratio_to_floor": med / fl}
+            if prov in peers:
+                row["peer_over_ours"] = med / eager
+                row["same_label_counts_as_ours"] = bool(torch.equal(counts[(name, prov)], counts[(name, "ours-eager")]))
+            if prov == "ours-early-exit":
+                row["same_label_counts_as_ours"] = None  # a different semantics: stops at success
+            rows.append(row)
+    return rows
+
+
+def early_exit_demo(model: nn.Module, x: torch.Tensor, *, device: str, batch: int = 32,
+                    names=("bim", "pgd", "mifgsm", "slide"), log=print) -> list[dict]:
+    """Fixed 40 iterations vs early exit over a whole sample set: time and top-level success.
+
+    Top level = every label shown (the last expLabels rung). Early exit reports the iterate at which a
+    sample reached it, so its final-iterate success equals the fixed run's best-iterate success.
+    """
+    rows = []
+    ids = list(range(x.shape[0]))
+    for name in names:
+        res = {}
+        for mode in ("fixed", "early"):
+            t = time.perf_counter()
+            top_final, top_best = [], []
+            for s in range(0, x.shape[0], batch):
+                r = attacks.run(model, x[s : s + batch], name, sample_ids=ids[s : s + batch],
+                                early_exit=mode == "early", iterations=ITERATIONS)
+                top_final.append(r.success.cpu())
+                top_best.append(r.success_best.cpu())
+            _sync(device)
+            res[mode] = (time.perf_counter() - t, torch.cat(top_final).float().mean().item(),
+                         torch.cat(top_best).float().mean().item())
+        rows.append({"bench": "early-exit", "attack": name, "samples": x.shape[0],
+                     "seconds_fixed": res["fixed"][0], "seconds_early_exit": res["early"][0],
+                     "speedup": res["fixed"][0] / res["early"][0],
+                     "top_success_fixed_final": res["fixed"][1], "top_success_fixed_best": res["fixed"][2],
+                     "top_success_early_exit": res["early"][1]})
+        log(f"  early exit {name}: {rows[-1]['speedup']:.2f}x")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    att = [r for r in rows if "provider" in r]
+    out = ["| model | attack | provider | median s | / floor | peer / ours | same label counts |",
+           "|---|---|---|---|---|---|---|"]
+    for r in att:
+        ratio = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "1.00"
+        peer = f"{r['peer_over_ours']:.2f}" if "peer_over_ours" in r else ""
+        same = {True: "yes", False: "no", None: ""}[r.get("same_label_counts_as_ours")]
+        out.append(f"| {r['model']} | {r['attack']} | {r['provider']} | {r['seconds_median']:.3f} | {ratio} | "
+                   f"{peer} | {same} |")
+    ee = [r for r in rows if r.get("bench") == "early-exit"]
+    if ee:
+        out += ["", "| attack (demo set) | samples | fixed s | early-exit s | speed-up | top success fixed "
+                "(final / best) | top success early exit |", "|---|---|---|---|---|---|---|"]
+        for r in ee:
+            out.append(f"| {r['attack']} | {r['samples']} | {r['seconds_fixed']:.2f} | "
+                       f"{r['seconds_early_exit']:.2f} | {r['speedup']:.2f}x | {r['top_success_fixed_final']:.3f} / "
+                       f"{r['top_success_fixed_best']:.3f} | {r['top_success_early_exit']:.3f} |")
+    return "\n".join(out)

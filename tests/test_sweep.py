@@ -1,0 +1,381 @@
+"""Sweeps: determinism across pool sizes, actor and driver kills, status, bad input, multi-node join.
+
+One Ray session is shared by the module (start-up costs seconds); drivers that must be their own
+process (driver kill, unreachable address, joining a `ray start` head) run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from engine.errors import UserError
+from engine.runtime import sweep as sw
+
+REPO = Path(__file__).resolve().parents[1]
+# A separate driver process: `sml sweep` whether or not cli/main.py imports cli.sweep_cmd yet.
+SML = [sys.executable, "-c", "import sys, cli.sweep_cmd, cli.main; sys.exit(cli.main.main(sys.argv[1:]))"]
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+def _grid(trained, **protocol) -> str:
+    """A small demo sweep: both models x a one-step, an iterative and the LP attack."""
+    proto = {"n": 8, "chunk_size": 4, "batch_size": 2, **protocol}
+    lines = ["[sweep]", 'name = "test"', "", "[protocol]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in proto.items()]
+    for fam in ("mlgcn", "mlliw"):
+        lines += ["", "[[model]]", f'checkpoint = "{trained[fam]}"', f'key = "{fam}"']
+    lines += ["", "[[attack]]", 'name = "fgsm"',
+              "", "[[attack]]", 'name = "pgd"', "params = { iterations = 3 }",
+              "", "[[attack]]", 'name = "mlalp"', "params = { iterations = 2 }", "n = 4"]
+    return "\n".join(lines) + "\n"
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    """Every array in a store, read with plain zarr (no engine code)."""
+    out: dict[str, np.ndarray] = {}
+
+    def walk(g, prefix):
+        for name, a in g.arrays():
+            out[prefix + name] = np.asarray(a[:])
+        for name, sub in g.groups():
+            walk(sub, f"{prefix}{name}/")
+
+    walk(zarr.open_group(str(path), mode="r"), "")
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    differ = [k for k in a
+              if not (a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]))]
+    assert not differ, f"arrays differ: {differ}"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
+    env.pop(sw.STALL_ENV, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module; token auth off so that subprocess drivers can join it."""
+    import ray
+
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # sml_test_gpu stands in for a GPU in the routing test; it changes nothing elsewhere.
+    ray.init(address="local", num_cpus=2, resources={"sml_test_gpu": 1}, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, trained):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = folder / "test.toml"
+    path.write_text(_grid(trained))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(grid, tmp_path_factory):
+    """The grid run --local (no Ray): what every other way of running it must reproduce exactly."""
+    import torch
+
+    out = tmp_path_factory.mktemp("ref") / "local.zarr"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread here, two in the 1-actor run: results must not care
+    try:
+        res = sw.run_sweep(grid, out, local=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert res["shards_done"] == res["shards_total"] == res["shards_run"] > 0
+    return out, _arrays(out), res
+
+
+# ---------------------------------------------------------------- determinism
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_results_any_pool_size(ray_session, grid, reference, tmp_path, workers):
+    out = tmp_path / f"w{workers}.zarr"
+    res = sw.run_sweep(grid, out, workers=workers, progress=False)
+    assert res["mode"] == "ray" and res["actors"] == {"cpu": workers}
+    assert res["threads_per_actor"] == {"cpu": max(1, 2 // workers)}
+    assert res["shards_run"] == reference[2]["shards_total"]
+    _assert_same(_arrays(out), reference[1])
+    # A second run resumes into a finished store: nothing is redone.
+    again = sw.run_sweep(grid, out, workers=workers, progress=False)
+    assert again["shards_run"] == 0 and again["shards_done_before"] == res["shards_total"]
+
+
+def test_lp_shards_go_to_cpu_only_actors(ray_session, grid, reference, tmp_path):
+    # With a (stand-in) accelerator, gradient attacks run on device actors and MLA-LP on CPU-only ones.
+    out = tmp_path / "routed.zarr"
+    res = sw.run_sweep(grid, out, progress=False, device_resource="sml_test_gpu")
+    assert res["actors"] == {"device": 1, "cpu": 1}
+    lp_shards = 2  # 2 models x ceil(4 / 4)
+    assert res["shards_by_pool"] == {"device": res["shards_total"] - lp_shards, "cpu": lp_shards}
+    _assert_same(_arrays(out), reference[1])
+
+
+def test_pools_from_resources():
+    cpu = sw.plan_pools({"CPU": 16}, workers=None, needs_cpu_pool=True, device="auto", cpu_actor_cpus=4)
+    assert [(p.name, p.size, p.threads, p.options) for p in cpu] == [("cpu", 16, 1, {"num_cpus": 1})]
+    two = sw.plan_pools({"CPU": 16}, workers=2, needs_cpu_pool=False, device="auto", cpu_actor_cpus=4)
+    assert (two[0].size, two[0].threads, two[0].options) == (2, 8, {"num_cpus": 8})
+    many = sw.plan_pools({"CPU": 2}, workers=4, needs_cpu_pool=False, device="auto", cpu_actor_cpus=4)
+    assert (many[0].size, many[0].threads, many[0].options) == (4, 1, {"num_cpus": 0.5})
+    gpu = sw.plan_pools({"CPU": 32, "GPU": 4}, workers=None, needs_cpu_pool=True, device="auto", cpu_actor_cpus=4)
+    dev, lp = gpu
+    assert (dev.name, dev.size, dev.device, dev.options["num_gpus"]) == ("device", 4, "cuda", 1)
+    assert (lp.name, lp.size, lp.options, lp.lp_workers) == ("cpu", 7, {"num_cpus": 4}, 4)
+    assert "num_gpus" not in lp.options
+
+
+# ---------------------------------------------------------------- fault tolerance
+def test_actor_killed_mid_shard_is_replaced(ray_session, grid, reference, tmp_path, monkeypatch):
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    monkeypatch.setenv(sw.STALL_ENV, str(stall))  # forwarded to the actors: the first one to get there stalls
+    killed = {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            f = stall / "stalled"
+            if f.exists() and f.read_text().strip():
+                pid = int(f.read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    out = tmp_path / "killed.zarr"
+    res = sw.run_sweep(grid, out, workers=2, progress=False)
+    t.join(5)
+    assert killed, "no actor stalled"
+    assert res["actor_deaths"] == 1
+    assert res["shards_done"] == res["shards_total"] == reference[2]["shards_total"]
+    # Done once: every shard ran exactly once to completion, the killed one on another actor.
+    assert res["shards_run"] + res["shards_skipped"] == res["shards_total"]
+    _assert_same(_arrays(out), reference[1])
+
+
+def test_driver_killed_then_resumed(ray_session, grid, reference, tmp_path):
+    out = tmp_path / "resume.zarr"
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    # One of the driver's actors stalls mid-shard, so the kill lands with a shard half done.
+    env = dict(_env(), **{sw.STALL_ENV: str(stall)})
+    cmd = [*SML, "sweep", str(grid), "--out", str(out), "--address", ray_session, "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if sw.sweep_status(out)["shards_done"] >= 3 and (stall / "stalled").exists():
+                    break
+            except (UserError, KeyError, FileNotFoundError, ValueError):
+                pass  # not created yet
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1.0)  # the killed driver's actors go with it
+    # The store is readable at any moment and what is marked done is complete and final.
+    st = sw.sweep_status(out)
+    assert 3 <= st["shards_done"] < st["shards_total"]
+    part, ref = _arrays(out), reference[1]
+    for run in st["runs"]:
+        if run["group"] is None:
+            continue
+        g = run["group"]
+        done = part[f"{g}/done"]
+        c = int(zarr.open_group(str(out), mode="r")[g].attrs["chunk_size"])
+        for k in np.nonzero(done)[0]:
+            for name in ("label_count_final", "label_count_best", "pred", "norms", "iters", "reason"):
+                assert np.array_equal(part[f"{g}/{name}"][k * c:(k + 1) * c], ref[f"{g}/{name}"][k * c:(k + 1) * c])
+    res = sw.run_sweep(grid, out, workers=2, progress=False)
+    assert res["shards_done_before"] >= 3
+    assert res["shards_done_before"] + res["shards_run"] + res["shards_skipped"] == res["shards_total"]
+    _assert_same(_arrays(out), ref)
+
+
+# ---------------------------------------------------------------- status
+def test_status_json(reference, capsys):
+    import cli.main
+    import cli.sweep_cmd  # noqa: F401 - registers the command
+
+    out, _, res = reference
+    assert cli.main.main(["sweep", "--status", str(out)]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["shards_total"] == st["shards_done"] == res["shards_total"]
+    assert st["samples_done"] == st["samples_total"] == res["samples_run"]
+    assert st["complete"] and st["exact"] and st["sweep"] == "test" and st["runs_total"] == 6
+
+
+def test_status_of_plain_store_is_an_error(tmp_path, capsys):
+    import cli.main
+    import cli.sweep_cmd  # noqa: F401
+
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
+    assert cli.main.main(["sweep", "--status", str(tmp_path / "plain.zarr")]) == 2
+    assert "no sweep" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bad input
+BAD = [
+    # (text after the model tables, expected fragments of the message)
+    ('[[attack]]\nname = "pgd"\nchunksize = 5\n', [":LINE:", "unknown key 'chunksize'", "allowed:", "chunk_size"]),
+    ('[[attack]]\nname = "pgdd"\n', [":LINE:", "unknown attack 'pgdd'", "allowed:", "fgsm", "mlalp"]),
+    ('[[attack]]\nname = "mlcw"\npreset = "fast"\n', [":LINE:", "unknown preset 'fast' for mlcw", "paper", "demo"]),
+    ('[[attack]]\nname = "pgd"\ntargets = ["show-more"]\n', [":LINE:", "unknown target 'show-more'", "hiding-all"]),
+    ('[[attack]]\nname = "pgd"\nparams = { epss = 0.1 }\n', [":LINE:", "epss", "valid:", "eps"]),
+    ('[[attack]]\nname = "pgd"\norder = "random"\n', [":LINE:", "unknown order 'random'", "seeded, first"]),
+    ('[[attack]]\nname = "pgd"\nn = 0\n', [":LINE:", "n must be >= 1"]),
+    ('[[attack]]\nname = "pgd"\nbatch_size = "big"\n', [":LINE:", "batch_size must be an integer"]),
+    ('[[attack]]\nname = "pgd"\n[attacks]\nx = 1\n', [":LINE:", "unknown table or key 'attacks'", "[[attack]]"]),
+    ('[[attack]]\nname = "pgd"\n\n[[attack]]\nname = "pgd"\n', [":LINE:", "repeats run 'pgd'"]),
+    ('[[attack]]\nname = "reduction_test"\n', [":LINE:", "unknown attack"]),
+    ('[[attack]]\nname = "pgd"\ntarget = "reduction"\n', [":LINE:", "needs target_label"]),
+    ('[sweep]\ndevice = "tpu"\n[[attack]]\nname = "pgd"\n', [":LINE:", "unknown device 'tpu'", "auto, cpu, cuda"]),
+]
+
+
+@pytest.mark.parametrize("tail,expect", BAD, ids=[b[1][1][:24] for b in BAD])
+def test_bad_sweep_file_names_line_and_allowed(tmp_path, tail, expect):
+    (tmp_path / "m.pt").write_bytes(b"")  # parsing only checks that it exists
+    head = '[[model]]\ncheckpoint = "m.pt"\n\n[sweep]\nbase = "."\n\n' if "[sweep]" not in tail else \
+        '[[model]]\ncheckpoint = "m.pt"\n\n'
+    text = head + tail
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        sw.load_sweep(path)
+    msg = str(e.value)
+    assert msg.startswith(str(path) + ":"), msg
+    line = int(msg[len(str(path)) + 1:].split(":", 1)[0])
+    assert 1 <= line <= len(text.splitlines())
+    for frag in expect:
+        assert frag.replace(":LINE:", f":{line}:") in msg, msg
+    # The line named is the one with the offending key (or its table).
+    offending = text.splitlines()[line - 1]
+    assert any(w in offending for w in ("=", "[")), offending
+
+
+def test_bad_model_entries(tmp_path):
+    ck = tmp_path / "m.pt"
+    ck.write_bytes(b"")
+    p = tmp_path / "m.toml"
+    p.write_text('[[model]]\ncheckpoint = "nope.pt"\n[[attack]]\nname = "pgd"\n')
+    with pytest.raises(UserError, match=r"m\.toml:2: .*checkpoint .*nope\.pt not found"):
+        sw.load_sweep(p)
+    p.write_text(f'[[model]]\ncheckpoint = "{ck}"\ndataset = "voc2099"\n[[attack]]\nname = "pgd"\n')
+    with pytest.raises(UserError, match=r"m\.toml:3: unknown dataset 'voc2099'; allowed: .*demo"):
+        sw.load_sweep(p)
+    p.write_text(f'[[model]]\ncheckpoint = "{ck}"\nbackbone = "x"\n[[attack]]\nname = "pgd"\n')
+    with pytest.raises(UserError, match=r"m\.toml:3: unknown key 'backbone' in \[\[model\]\] #1; allowed: checkpoint"):
+        sw.load_sweep(p)
+
+
+def test_shipped_sweep_files_parse():
+    paper = sw.load_sweep(REPO / "sweeps/paper.toml", datasets=["voc2007", "voc2012", "nuswide", "coco"],
+                          check_files=False)
+    assert len(paper.models) == 8 and len(paper.runs) == 8 * 9
+    assert {m.key for m in paper.models} == {"mlgcn", "mlliw"}
+    demo = sw.load_sweep(REPO / "sweeps/demo.toml", check_files=False)
+    assert {r.spec.attack for r in demo.runs} == set(__import__("engine.attacks").attacks.names())
+    assert {r.spec.preset for r in demo.runs if r.spec.attack == "mlcw"} == {"demo"}
+    # Relative paths resolve against the folder above the file's folder: the repository root.
+    assert demo.models[0].checkpoint == str(REPO / "runs/demo/ckpt/mlgcn.pt")
+
+
+def test_foreign_store_is_refused(grid, reference, tmp_path, trained):
+    out = reference[0]
+    other = tmp_path / "other.toml"
+    other.write_text(_grid(trained, n=6))
+    with pytest.raises(UserError) as e:
+        sw.run_sweep(other, out, local=True, progress=False)
+    msg = str(e.value)
+    assert "holds sweep 'test'" in msg and "never mixed" in msg and "new --out" in msg and "--status" in msg
+    assert "run pgd: n" in msg or "run fgsm: n" in msg, msg
+
+
+def test_unreachable_address_fails_fast(grid, tmp_path):
+    port = _free_port()  # nothing listens there
+    for addr in (f"127.0.0.1:{port}", "10.255.255.1:6379"):
+        t0 = time.monotonic()
+        p = subprocess.run([*SML, "sweep", str(grid), "--out", str(tmp_path / "x.zarr"), "--address", addr],
+                           env=_env(), capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert f"cannot reach a Ray cluster at {addr}" in p.stderr and "ray start --head" in p.stderr
+        assert took < 30, took
+
+
+# ---------------------------------------------------------------- multi-node: join a `ray start` head
+def test_join_head_on_loopback(grid, reference, tmp_path):
+    assert RAY_BIN.exists(), f"{RAY_BIN}: the ray CLI is missing (pip install ray)"
+    port = _free_port()
+    tmp = Path(f"/tmp/sml-ray-{os.getpid()}-{port}")  # short: Ray's socket paths must stay < 108 bytes
+    head = subprocess.Popen([str(RAY_BIN), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--block",
+                             "--temp-dir", str(tmp)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert head.poll() is None, head.stdout.read().decode()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        out = tmp_path / "joined.zarr"
+        p = subprocess.run([*SML, "sweep", str(grid), "--out", str(out), "--address", f"127.0.0.1:{port}",
+                            "--workers", "2", "--no-progress", "--json"],
+                           env=_env(), capture_output=True, text=True, timeout=150)
+        assert p.returncode == 0, p.stderr[-3000:]
+        res = json.loads(p.stdout)
+        assert res["mode"] == "ray" and res["actors"] == {"cpu": 2} and res["shards_done"] == res["shards_total"]
+        _assert_same(_arrays(out), reference[1])
+    finally:
+        head.terminate()  # `ray start --block` stops its node's processes on SIGTERM
+        try:
+            head.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
