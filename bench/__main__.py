@@ -77,43 +77,62 @@ def main(argv=None) -> int:
     demo_model, demo_root = _demo_models(a.device, log)
     ds = data.load("demo", root=demo_root)
     cand = protocol.correctly_predicted(demo_model, ds)
-    if "attacks" in sections:
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+
+    def section(name, fn):
+        """Run one section; a failure is recorded as a row and the others still run."""
+        if name not in sections:
+            return
+        t = time.perf_counter()
+        try:
+            rows.extend(fn())
+        except Exception as e:  # noqa: BLE001 - a broken section must not lose the others' figures
+            log(f"section {name} failed: {type(e).__name__}: {e}")
+            rows.append({"bench": "error", "section": name, "error": f"{type(e).__name__}: {e}"})
+        log(f"section {name}: {time.perf_counter() - t:.0f} s")
+        (out_dir / "partial.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+    def attacks_section():
         x32, _ = data.stack(ds, cand[:32].tolist())
         log("gradient attacks: demo ML-GCN (tiny, 32 px), batch 32")
-        rows += bench_attacks.bench_model(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
-                                          device=a.device, log=log)
+        out = bench_attacks.bench_model(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
+                                        device=a.device, log=log)
         ds64 = data.load("demo", root=demo_root, size=64)
         x64, _ = data.stack(ds64, cand[:32].tolist())
         log("gradient attacks: ResNet-18 + ML-GCN head at 64 px, batch 32")
-        rows += bench_attacks.bench_model(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
-                                          repeats=1 if a.quick else repeats, device=a.device, log=log,
-                                          names=("fgsm", "fgm", "bim", "pgd", "mifgsm") if a.quick else
-                                          bench_attacks.ATTACKS)
-    if "early" in sections:
+        names = ("pgd",) if a.quick else bench_attacks.ATTACKS
+        out += bench_attacks.bench_model(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
+                                         repeats=1 if a.quick else repeats, device=a.device, log=log, names=names)
+        return out
+
+    def early_section():
         n = 128 if a.quick else len(cand)
         xs, _ = data.stack(ds, cand[:n].tolist())
         log(f"early exit on {n} demo samples")
-        rows += bench_attacks.early_exit_demo(demo_model, xs.to(a.device), device=a.device, log=log)
-    if "lp" in sections:
+        return bench_attacks.early_exit_demo(demo_model, xs.to(a.device), device=a.device, log=log)
+
+    def lp_section():
         from bench import bench_lp
 
         log("MLA-LP linear programs")
-        rows += bench_lp.run(a.quick)
-    if "sweep" in sections:
-        try:
-            from bench import bench_sweep
-        except ImportError:
-            bench_sweep = None
-        if bench_sweep is not None:
-            log("sweeps")
-            rows += bench_sweep.run(a.quick)
+        return bench_lp.run(a.quick)
+
+    def sweep_section():
+        from bench import bench_sweep
+
+        log("sweeps")
+        return bench_sweep.run(a.quick)
+
+    section("attacks", attacks_section)
+    section("early", early_section)
+    section("lp", lp_section)
+    section("sweep", sweep_section)
     meta = {"bench": "meta", "host": socket.gethostname(), "device": a.device, "quick": a.quick,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
             "date": dt.datetime.now().isoformat(timespec="seconds"), "seconds": time.perf_counter() - t_start}
     rows.append(meta)
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y-%m-%d")
     for path in (out_dir / f"{stamp}-{meta['host']}.json", out_dir / "latest.json"):
         path.write_text(json.dumps(rows, indent=1, default=str) + "\n")

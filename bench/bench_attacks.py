@@ -49,8 +49,9 @@ def _timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Te
 
 def _advertorch():
     # AdverTorch 0.2.3 imports a helper that torch removed (zero_gradients); supply it before import.
-    import torch.autograd.gradcheck as gc
+    import importlib
 
+    gc = importlib.import_module("torch.autograd.gradcheck")  # the module; torch.autograd.gradcheck is a function
     if not hasattr(gc, "zero_gradients"):
         def zero_gradients(x):
             if isinstance(x, torch.Tensor) and x.grad is not None:
@@ -108,7 +109,7 @@ def peer_runs(model: nn.Module, x: torch.Tensor, name: str, cfg, y_star: torch.T
                                          minimize=True, clip_min=0.0, clip_max=1.0)
             runs["advertorch"] = run_pgd
         elif atk is not None:
-            runs["advertorch"] = lambda: atk.perturb(x, y_star)
+            runs["advertorch"] = lambda a=atk: a.perturb(x, y_star)
     try:
         import torchattacks as TA
     except ImportError:
@@ -125,7 +126,7 @@ def peer_runs(model: nn.Module, x: torch.Tensor, name: str, cfg, y_star: torch.T
             atk = TA.MIFGSM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, decay=cfg.decay)
         atk.set_mode_targeted_by_label(quiet=True)
         target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        runs["torchattacks"] = lambda: atk(x, target)
+        runs["torchattacks"] = lambda a=atk: a(x, target)
     return runs
 
 
@@ -194,15 +195,21 @@ def bench_model(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: 
                    "iterations": n_iter, "batch": x.shape[0], "ratio_to_floor": med / fl}
             if prov in peers:
                 row["peer_over_ours"] = med / eager
-                row["same_label_counts_as_ours"] = bool(torch.equal(counts[(name, prov)], counts[(name, "ours-eager")]))
+                theirs, mine = counts[(name, prov)], counts[(name, "ours-eager")]
+                row["same_label_counts_as_ours"] = bool(torch.equal(theirs, mine))
+                row["label_count_agreement"] = float((theirs == mine).float().mean())
             if prov == "ours-early-exit":
                 row["same_label_counts_as_ours"] = None  # a different semantics: stops at success
             rows.append(row)
     return rows
 
 
+EARLY = (("bim", "paper"), ("pgd", "paper"), ("mifgsm", "paper"), ("slide", "paper"), ("bim", "released"),
+         ("pgd", "released"), ("slide", "released"))
+
+
 def early_exit_demo(model: nn.Module, x: torch.Tensor, *, device: str, batch: int = 32,
-                    names=("bim", "pgd", "mifgsm", "slide"), log=print) -> list[dict]:
+                    names=EARLY, log=print) -> list[dict]:
     """Fixed 40 iterations vs early exit over a whole sample set: time and top-level success.
 
     Top level = every label shown (the last expLabels rung). Early exit reports the iterate at which a
@@ -210,36 +217,38 @@ def early_exit_demo(model: nn.Module, x: torch.Tensor, *, device: str, batch: in
     """
     rows = []
     ids = list(range(x.shape[0]))
-    for name in names:
+    for name, preset in names:
         res = {}
         for mode in ("fixed", "early"):
             t = time.perf_counter()
             top_final, top_best = [], []
             for s in range(0, x.shape[0], batch):
-                r = attacks.run(model, x[s : s + batch], name, sample_ids=ids[s : s + batch],
+                r = attacks.run(model, x[s : s + batch], name, preset, sample_ids=ids[s : s + batch],
                                 early_exit=mode == "early", iterations=ITERATIONS)
                 top_final.append(r.success.cpu())
                 top_best.append(r.success_best.cpu())
             _sync(device)
             res[mode] = (time.perf_counter() - t, torch.cat(top_final).float().mean().item(),
                          torch.cat(top_best).float().mean().item())
-        rows.append({"bench": "early-exit", "attack": name, "samples": x.shape[0],
+        rows.append({"bench": "early-exit", "attack": name, "preset": preset, "samples": x.shape[0],
                      "seconds_fixed": res["fixed"][0], "seconds_early_exit": res["early"][0],
                      "speedup": res["fixed"][0] / res["early"][0],
                      "top_success_fixed_final": res["fixed"][1], "top_success_fixed_best": res["fixed"][2],
                      "top_success_early_exit": res["early"][1]})
-        log(f"  early exit {name}: {rows[-1]['speedup']:.2f}x")
+        log(f"  early exit {name} ({preset}): {rows[-1]['speedup']:.2f}x")
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    att = [r for r in rows if "provider" in r]
+    att = [r for r in rows if "provider" in r and "bench" not in r]
     out = ["| model | attack | provider | median s | / floor | peer / ours | same label counts |",
            "|---|---|---|---|---|---|---|"]
     for r in att:
         ratio = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "1.00"
         peer = f"{r['peer_over_ours']:.2f}" if "peer_over_ours" in r else ""
         same = {True: "yes", False: "no", None: ""}[r.get("same_label_counts_as_ours")]
+        if r.get("same_label_counts_as_ours") is False:
+            same += f" ({100 * r['label_count_agreement']:.0f}% of samples)"
         out.append(f"| {r['model']} | {r['attack']} | {r['provider']} | {r['seconds_median']:.3f} | {ratio} | "
                    f"{peer} | {same} |")
     ee = [r for r in rows if r.get("bench") == "early-exit"]
@@ -247,7 +256,7 @@ def format_table(rows: list[dict]) -> str:
         out += ["", "| attack (demo set) | samples | fixed s | early-exit s | speed-up | top success fixed "
                 "(final / best) | top success early exit |", "|---|---|---|---|---|---|---|"]
         for r in ee:
-            out.append(f"| {r['attack']} | {r['samples']} | {r['seconds_fixed']:.2f} | "
+            out.append(f"| {r['attack']} ({r['preset']}, 40 it.) | {r['samples']} | {r['seconds_fixed']:.2f} | "
                        f"{r['seconds_early_exit']:.2f} | {r['speedup']:.2f}x | {r['top_success_fixed_final']:.3f} / "
                        f"{r['top_success_fixed_best']:.3f} | {r['top_success_early_exit']:.3f} |")
     return "\n".join(out)

@@ -154,7 +154,7 @@ def _costs_of(fam: str, path: Path, n: int) -> list[dict]:
     from engine import attacks
     from engine.models import checkpoints, from_checkpoint
     from engine.models.evaluate import dataset_for
-    from engine.runtime.runner import auto_batch
+    from engine.runtime.batching import auto_batch
 
     c = checkpoints.read(path)
     ds = dataset_for(c, None, None, None, path)
@@ -166,7 +166,8 @@ def _costs_of(fam: str, path: Path, n: int) -> list[dict]:
     rows = []
     for name in attacks.names():
         preset = "demo" if name == "mlcw" else "paper"
-        bs = min(n, auto_batch(attacks.get(name), ds.num_labels, tuple(x.shape[1:]), 0))
+        bs = min(n, auto_batch(model, tuple(x.shape[1:]), num_labels=ds.num_labels,
+                               jacobian=name in ("mldp", "mlalp")))
         t0 = time.perf_counter()
         for s in range(0, n, bs):
             attacks.run(model, x[s:s + bs], name, preset, sample_ids=list(range(s, min(n, s + bs))))

@@ -372,3 +372,18 @@ def test_compiled_iteration_matches_eager(trained, batch):
         comp = attacks.run(model, x, name, sample_ids=idx, iterations=3, compile=True)
         torch.testing.assert_close(comp.x_adv, eager.x_adv, atol=1e-4, rtol=0)
         assert torch.equal(comp.label_count_final, eager.label_count_final)
+
+
+def test_early_exit_retires_samples_at_success(trained, batch):
+    model = models.load(trained["mlgcn"])
+    x, _, idx = batch
+    kw = dict(sample_ids=idx, iterations=30, step=0.01, target="hiding-all")  # a target the tiny model reaches
+    fixed = attacks.run(model, x, "bim", **kw)
+    early = attacks.run(model, x, "bim", early_exit=True, exit_every=2, **kw)
+    retired = early.iters < 30
+    assert retired.any(), "some samples should hide every label before 30 steps"
+    assert early.success[retired].all()  # the kept iterate is the one that showed y*
+    assert (early.label_count_final[retired] == 0).all()
+    assert (fixed.iters == 30).all()
+    assert early.success.float().mean() >= fixed.success.float().mean() - 0.25
+    assert early.iters.sum() < fixed.iters.sum()

@@ -156,6 +156,10 @@ def compiled_advance(model, spec, cfg, loss_fn_key: tuple, loss_fn):
         grad, (_, logits) = grad_value(x, y)
         return _guarded_step(spec, cfg, x, x0, grad, state, logits, frozen, reference)
 
+    # Every (model, attack, config) is a new closure of the same code object, which Dynamo counts
+    # as a recompilation of it; the default limit (8) would stop a sweep over nine attacks.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
     fn = torch.compile(advance, fullgraph=True)
     _COMPILED[key] = fn
     return fn
@@ -190,9 +194,12 @@ def run_iterative(model: nn.Module, x0: torch.Tensor, y_star: torch.Tensor, elig
         bada = torch.where(bad_now & (bada < 0), it, bada)
         pred = (logits >= 0) & (bada < 0)[:, None]
         besta = torch.maximum(besta, pred.sum(1))
-        hita = hita | targets.success(pred, ya)
+        hit_now = targets.success(pred, ya)
+        hita = hita | hit_now
         if early_exit and it % exit_every == 0:
-            leave = hita | (bada >= 0)
+            # Retire on the current iterate (the one kept as x_adv), not on an earlier hit that a
+            # later step may have undone.
+            leave = hit_now | (bada >= 0)
             if bool(leave.any()):  # the one host sync: retire samples that reached y* (or broke)
                 gone = active[leave]
                 out_x[gone], best[gone] = xa[leave], besta[leave]
