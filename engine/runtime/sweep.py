@@ -994,8 +994,24 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
             "shard_seconds": s["shard_seconds"],
             "driver_busy_s_per_shard": s["driver_busy_s"] / max(1, s["shards_run"] + s["plans"]),
             "roundtrip_overhead_s_per_shard": s["roundtrip_overhead_s"] / max(1, s["shards_run"]),
-            "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "driver_peak_rss_mb": _peak_rss_mb(),
             "mode": "local" if local else "ray"}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process image, in MiB.
+
+    Linux carries ru_maxrss across execve, so a driver started by a big parent
+    (e.g. the bench) would report the parent's peak; VmHWM belongs to the
+    current address space only.  ru_maxrss is the fallback elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def sweep_status(out: str | Path) -> dict[str, Any]:
