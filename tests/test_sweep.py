@@ -379,3 +379,20 @@ def test_join_head_on_loopback(grid, reference, tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_driver_peak_rss_is_the_process_own_not_its_parents():
+    """Linux keeps ru_maxrss across exec: a driver started from a big process must not report it."""
+    import resource
+
+    import torch
+
+    ballast = torch.ones(64 * 2**20)  # 64 Mi float32 = 256 MiB, touched in this (the parent) process
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert parent_mb > 300
+    code = "from engine.runtime.sweep import _peak_rss_mb; print(_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    child_mb = float(out.stdout.strip().splitlines()[-1])
+    del ballast
+    assert 0 < child_mb < parent_mb / 2, (child_mb, parent_mb)
