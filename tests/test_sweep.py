@@ -271,6 +271,9 @@ BAD = [
     ('[[attack]]\nname = "reduction_test"\n', [":LINE:", "unknown attack"]),
     ('[[attack]]\nname = "pgd"\ntarget = "reduction"\n', [":LINE:", "needs target_label"]),
     ('[sweep]\ndevice = "tpu"\n[[attack]]\nname = "pgd"\n', [":LINE:", "unknown device 'tpu'", "auto, cpu, cuda"]),
+    ('[[attack]]\npreset = "paper"\n', [":LINE:", "[[attack]] #1 needs name = one of:", "fgsm", "mlalp"]),
+    ('[[model]]\nkey = "other"\n[[attack]]\nname = "pgd"\n',
+     [":LINE:", '[[model]] #2 needs checkpoint = "path/to/model.pt"']),
 ]
 
 

@@ -184,19 +184,24 @@ class _Checker:
     def fail(self, msg: str, line: int | None) -> None:
         raise UserError(f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}")
 
-    def keys(self, data: dict, allowed: dict, where: str, table: str | None, index: int | None = None) -> None:
+    def table(self, data: dict, schema: dict, where: str, table: str, index: int | None = None,
+              required: tuple[str, str] | None = None) -> int | None:
+        """Check one table against ``schema`` (key -> type): unknown keys first, then each value's
+        type, then the ``required`` (key, what to write) key. Returns the table's line."""
         for k in data:
-            if k not in allowed:
-                self.fail(f"unknown key {k!r} in {where}; allowed: {', '.join(allowed)}",
+            if k not in schema:
+                self.fail(f"unknown key {k!r} in {where}; allowed: {', '.join(schema)}",
                           self.loc.key_line(k, table, index))
-
-    def typed(self, data: dict, types: dict, where: str, table: str | None, index: int | None = None) -> None:
         names = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
         for k, v in data.items():
-            t = types.get(k, object)
+            t = schema.get(k, object)
             ok = t is object or (isinstance(v, t) and not (t is int and isinstance(v, bool)))
             if not ok:
                 self.fail(f"{where} {k} must be {names[t]}, got {v!r}", self.loc.key_line(k, table, index))
+        line = self.loc.table_line(table, index)
+        if required is not None and required[0] not in data:
+            self.fail(f"{where} needs {required[0]} = {required[1]}", line)
+        return line
 
     def choice(self, value: Any, allowed, what: str, line: int | None, of: str = "") -> None:
         if value not in allowed:
@@ -242,8 +247,7 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
             ck.fail(f"{k} must be an array of tables [[{k}]]", loc.key_line(k, None) or loc.table_line(k))
 
     meta = data.get("sweep", {})
-    ck.keys(meta, SWEEP_KEYS, "[sweep]", "sweep")
-    ck.typed(meta, SWEEP_KEYS, "[sweep]", "sweep")
+    ck.table(meta, SWEEP_KEYS, "[sweep]", "sweep")
     device = meta.get("device", "auto")
     ck.choice(device, DEVICES, "device", loc.key_line("device", "sweep"))
     known_attacks = attacks.names()
@@ -262,8 +266,7 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
         return str(q if q.is_absolute() else (base / q).resolve())
 
     proto = data.get("protocol", {})
-    ck.keys(proto, PROTOCOL_KEYS, "[protocol]", "protocol")
-    ck.typed(proto, PROTOCOL_KEYS, "[protocol]", "protocol")
+    ck.table(proto, PROTOCOL_KEYS, "[protocol]", "protocol")
     _check_protocol(ck, proto, "[protocol]", "protocol", None)
 
     known_ds = list(datasets) if datasets is not None else data_mod.names()
@@ -271,11 +274,7 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
     seen_models: dict[tuple, int] = {}
     for i, m in enumerate(data.get("model", [])):
         where = f"[[model]] #{i + 1}"
-        ck.keys(m, MODEL_KEYS, where, "model", i)
-        ck.typed(m, MODEL_KEYS, where, "model", i)
-        line = loc.table_line("model", i)
-        if "checkpoint" not in m:
-            ck.fail(f"{where} needs checkpoint = \"path/to/model.pt\"", line)
+        line = ck.table(m, MODEL_KEYS, where, "model", i, required=("checkpoint", '"path/to/model.pt"'))
         ckpt = resolve(m["checkpoint"])
         if check_files and not Path(ckpt).is_file():
             ck.fail(f"{where}: checkpoint {ckpt} not found", loc.key_line("checkpoint", "model", i))
@@ -298,11 +297,7 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
     seen_runs: dict[str, int] = {}
     for i, a in enumerate(data.get("attack", [])):
         where = f"[[attack]] #{i + 1}"
-        ck.keys(a, ATTACK_KEYS, where, "attack", i)
-        ck.typed(a, ATTACK_KEYS, where, "attack", i)
-        line = loc.table_line("attack", i)
-        if "name" not in a:
-            ck.fail(f"{where} needs name = one of: {', '.join(known_attacks)}", line)
+        line = ck.table(a, ATTACK_KEYS, where, "attack", i, required=("name", f"one of: {', '.join(known_attacks)}"))
         name = attacks.registry.ALIASES.get(a["name"].lower(), a["name"].lower())
         ck.choice(name, known_attacks, "attack", loc.key_line("name", "attack", i))
         spec = attacks.get(name)
