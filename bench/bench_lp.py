@@ -1,4 +1,4 @@
-"""Benchmark of the MLA-LP step  min ||r||_inf s.t. A r <= b:  engine.attacks.lpsolve vs the direct primal LP.
+"""Benchmark of the MLA-LP step  min ||r||_inf s.t. A r <= b:  engine.lp vs the direct primal LP.
 
     python bench/bench_lp.py            # full: primal HiGHS tried at every size (120 s limit each)
     python bench/bench_lp.py --quick    # primal only at d = 3x64x64, l = 20
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from engine.attacks.lpsolve import solve_linf_lp, solve_linf_lp_primal
+from engine.lp import solve_linf_lp, solve_linf_lp_primal
 
 SIZES = [(3, 64, 64), (3, 224, 224), (3, 448, 448)]
 LABELS = [20, 80]

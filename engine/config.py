@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +32,14 @@ class Config:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        """The fields a user sets (``init=False`` fields are derived by ``validate``)."""
+        return [f.name for f in fields(cls) if f.init]
+
+    @classmethod
+    def schema(cls) -> dict[str, type]:
+        """Field -> the plain type a TOML file or the CLI must give: int, float, str, bool, list,
+        dict, or object (anything). Sweep files and ``from_dict`` check values against it."""
+        return {f.name: toml_type(f.type) for f in fields(cls) if f.init}
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "") -> C:
@@ -45,14 +53,54 @@ class Config:
                 f"valid: {', '.join(names)}"
             )
         types = {f.name: f.type for f in fields(cls)}
+        schema = cls.schema()
+        at = f"{where}: " if where else ""
+        for k, v in data.items():
+            if not is_a(v, schema[k]):
+                raise UserError(f"{at}{k} must be {TYPE_NAMES[schema[k]]}, got {v!r}")
         clean = {k: _coerce(v, types[k]) for k, v in data.items()}
         return cls(**clean)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        names = self.field_names()
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
 
     def replace(self: C, **changes: Any) -> C:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+              dict: "a table", object: "anything"}
+_PLAIN = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def toml_type(annotation: Any) -> type:
+    """The plain type of a field's annotation (a string under ``from __future__ import annotations``);
+    ``X | None`` counts as X: None is the default, never something a file can write."""
+    parts = [p for p in str(annotation).replace(" ", "").split("|") if p != "None"]
+    if len(parts) != 1:
+        return object
+    a = parts[0]
+    if a in _PLAIN:
+        return _PLAIN[a]
+    if a.startswith(("dict", "Mapping")):
+        return dict
+    if a.startswith(("tuple", "list", "Sequence")):
+        return list
+    return object
+
+
+def is_a(value: Any, t: type) -> bool:
+    """``value`` is of plain type ``t`` (see :func:`toml_type`): bools are no numbers, ints are floats."""
+    if t is object or value is None:
+        return True  # None: "not given" where a caller passes a field's default through
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, t)
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -66,14 +114,27 @@ def _coerce(value: Any, annotation: Any) -> Any:
     return value
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path, what: str = "TOML file") -> tuple[dict[str, Any], str]:
+    """(data, text) of a TOML file; a missing or malformed file is a one-line error. Every TOML
+    file the engine reads (``--config`` files, sweep files) comes through here."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{p}: TOML file not found")
+        raise UserError(f"{p}: {what} not found")
+    text = p.read_text()
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p}: not valid TOML: {e}") from None
+
+
+def load_toml(path: str | Path, tables: Sequence[str] | None = None) -> dict[str, Any]:
+    """A TOML file's data; with ``tables``, any other top-level key is an error naming the valid ones.
+    Each table then goes to its config's ``from_dict``."""
+    data, _ = read_toml(path)
+    unknown = sorted(set(data) - set(tables)) if tables is not None else []
+    if unknown:
+        raise UserError(f"{path}: unknown table(s) {unknown}; valid: {', '.join(f'[{t}]' for t in tables)}")
+    return data
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = False) -> None:
@@ -106,6 +167,11 @@ class DemoDataConfig(Config):
             raise UserError(f"labels must be in 4..80, got {self.labels}")
 
 
+# The backbones engine.models.backbones builds (it keys its builders by these names; kept here so
+# that validating a config never imports the model code).
+BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "inception_v3")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(Config):
     """Architecture of a multi-label classifier (head family on a backbone)."""
@@ -124,8 +190,6 @@ class ModelConfig(Config):
     normalization: str = "family"
 
     def validate(self) -> None:
-        from engine.models.backbones import BACKBONES
-
         if self.family not in ("mlgcn", "mlliw"):
             raise UserError(f"unknown model family {self.family!r}; valid: mlgcn, mlliw")
         if self.backbone not in BACKBONES:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
+from pathlib import Path
+
+from engine.attacks.registry import ORDER
+from engine.errors import UserError
+from engine.runtime import runner
+from engine.runtime import store as st
+from engine.util import write_text_atomic
 
 MODEL_NAMES = {"mlgcn": "ML-GCN", "mlliw": "ML-LIW"}
 T1_COLUMNS = (("hamming_loss", "Hamming Loss"), ("ranking_loss", "Ranking Loss"),
@@ -23,9 +33,6 @@ def table1_markdown(rows: Sequence[dict]) -> str:
 # ------------------------------------------------------------------ Tables 2/3 from a store
 def collect(store_path) -> tuple[list[dict], list[dict]]:
     """(attack rows, Table 1 rows) from a result store; only finished chunks count."""
-    from engine.runtime import runner
-    from engine.runtime import store as st
-
     root = st.open_store(store_path, "r")
     rows, t1, seen = [], [], set()
     for model, dataset, key, run in st.iter_runs(root):
@@ -41,8 +48,6 @@ def collect(store_path) -> tuple[list[dict], list[dict]]:
 
 
 def _order(row: dict) -> tuple:
-    from engine.attacks.registry import ORDER
-
     a = row["attack"]
     return (row["model_key"], row["dataset"], ORDER.index(a) if a in ORDER else 99, row["run"])
 
@@ -110,11 +115,9 @@ def long_rows(rows: list[dict]) -> list[dict]:
 
 def plot(rows: list[dict], out_dir) -> list:
     """One PNG per model: success rate (final iterate) against n, one line per attack."""
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s); only plots need it
 
-    matplotlib.use("Agg")
-    from pathlib import Path
-
+    matplotlib.use("Agg")  # headless: must precede pyplot's import
     import matplotlib.pyplot as plt
 
     paths = []
@@ -142,14 +145,6 @@ def plot(rows: list[dict], out_dir) -> list:
 
 def render(store_path, out_dir, formats=("md", "csv", "json")) -> list:
     """Write Tables 1-3 (md / csv / json) and the plots into ``out_dir``."""
-    import csv
-    import io
-    import json
-    from pathlib import Path
-
-    from engine.errors import UserError
-    from engine.util import write_text_atomic
-
     bad = sorted(set(formats) - {"md", "csv", "json"})
     if bad:
         raise UserError(f"unknown report format(s) {bad}; valid: md, csv, json")

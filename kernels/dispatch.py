@@ -26,9 +26,9 @@ folds the environment lookup into a guard), so the engine may compile either
 them or kernels.reference.  The Triton path is meant to be called eagerly: the
 launchers allocate and pick grids on the host.
 
-This module also holds the small launch helpers the Triton modules share; it
-must stay importable without triton, so it never imports those modules at the
-top level.
+It must stay importable without triton, so it imports the Triton modules only
+when a step is routed to them; the launch helpers those modules share live in
+kernels.launch, which both they and this router import (never each other).
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 
 def _launcher(module: str, name: str):
-    # sys.modules makes repeated imports a dict lookup.
+    # The Triton modules import triton (heavy, and absent on some machines): load
+    # them on the first step routed there; sys.modules makes later calls a lookup.
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
@@ -120,45 +121,3 @@ def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection
     else:
         fn = reference.slide_step
     return fn(x, x0, grad, step, eps, sparsity, projection=projection, out=out)
-
-
-# ---------------------------------------------------------------------------
-# Launch helpers shared by the Triton modules (kept here, not in a module that
-# imports triton, so they are plain torch code).
-
-
-def as_f32_contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """The kernels index flat memory, so they need dense float32 inputs."""
-    res = []
-    for t in tensors:
-        if t.dtype != torch.float32:
-            raise TypeError(f"Triton kernels take float32 tensors, got {t.dtype}")
-        if t.device != tensors[0].device:
-            raise ValueError("all tensors must be on the same device")
-        res.append(t.contiguous())
-    return res
-
-
-def result_buffer(like: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Where the kernel writes: `out` itself when the kernel can address it directly.
-
-    Writing straight into an `out` that aliases an input is safe because every
-    kernel reads an element before the same program writes it, and no program
-    ever reads an element another program writes.
-    """
-    if (
-        out is not None
-        and out.is_contiguous()
-        and out.dtype == torch.float32
-        and out.shape == like.shape
-        and out.device == like.device
-    ):
-        return out
-    return torch.empty_like(like)
-
-
-def finish(res: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    if out is None or res is out:
-        return res
-    out.copy_(res)
-    return out

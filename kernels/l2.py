@@ -25,12 +25,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import as_f32_contiguous, finish, result_buffer
+from .launch import as_f32_contiguous, finish, result_buffer
 from .reference import L2_GRAD_FLOOR, L2_PROJ_FLOOR, check_same_shape
 
 BLOCK = 2048
 PBLOCK = 128  # partials reduced per loop trip in phase 2
 NUM_WARPS = 8
+
+
+@triton.jit
+def _load3(x_ptr, x0_ptr, g_ptr, idx, m):
+    """x, x0 and g of one block (masked lanes read 0)."""
+    return (tl.load(x_ptr + idx, mask=m, other=0.0), tl.load(x0_ptr + idx, mask=m, other=0.0),
+            tl.load(g_ptr + idx, mask=m, other=0.0))
 
 
 @triton.jit
@@ -40,9 +47,7 @@ def _l2_partials_kernel(x_ptr, x0_ptr, g_ptr, part_ptr, D, NB, BLOCK: tl.constex
     offs = blk * BLOCK + tl.arange(0, BLOCK)
     m = offs < D
     base = b.to(tl.int64) * D
-    x = tl.load(x_ptr + base + offs, mask=m, other=0.0)
-    x0 = tl.load(x0_ptr + base + offs, mask=m, other=0.0)
-    g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
+    x, x0, g = _load3(x_ptr, x0_ptr, g_ptr, base + offs, m)
     d = x - x0
     p = part_ptr + (b.to(tl.int64) * NB + blk) * 3
     tl.store(p, tl.sum(d * d, axis=0))
@@ -51,21 +56,8 @@ def _l2_partials_kernel(x_ptr, x0_ptr, g_ptr, part_ptr, D, NB, BLOCK: tl.constex
 
 
 @triton.jit
-def _l2_apply_kernel(
-    x_ptr,
-    x0_ptr,
-    g_ptr,
-    part_ptr,
-    out_ptr,
-    D,
-    NB,
-    step,
-    eps,
-    grad_floor,
-    proj_floor,
-    BLOCK: tl.constexpr,
-    PBLOCK: tl.constexpr,
-):
+def _l2_apply_kernel(x_ptr, x0_ptr, g_ptr, part_ptr, out_ptr, D, NB, step, eps, grad_floor, proj_floor,
+                     BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
     blk = tl.program_id(0)
     b = tl.program_id(1)
     pbase = part_ptr + b.to(tl.int64) * NB * 3
@@ -92,9 +84,7 @@ def _l2_apply_kernel(
     offs = blk * BLOCK + tl.arange(0, BLOCK)
     m = offs < D
     base = b.to(tl.int64) * D
-    x = tl.load(x_ptr + base + offs, mask=m, other=0.0)
-    x0 = tl.load(x0_ptr + base + offs, mask=m, other=0.0)
-    g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
+    x, x0, g = _load3(x_ptr, x0_ptr, g_ptr, base + offs, m)
     v = (x - x0) - a * g
     xn = tl.minimum(tl.maximum(x0 + v * scale, 0.0), 1.0)
     tl.store(out_ptr + base + offs, xn, mask=m)

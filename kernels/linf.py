@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .dispatch import as_f32_contiguous, finish, result_buffer
+from .launch import as_f32_contiguous, finish, result_buffer
 from .reference import check_same_shape
 
 BLOCK = 1024

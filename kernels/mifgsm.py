@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import as_f32_contiguous, finish, result_buffer
+from .launch import as_f32_contiguous, finish, result_buffer
 from .reference import L1_NORM_FLOOR, check_same_shape
 
 BLOCK = 2048
@@ -34,23 +34,8 @@ def _l1_partials_kernel(g_ptr, part_ptr, D, NB, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _mifgsm_apply_kernel(
-    x_ptr,
-    x0_ptr,
-    g_ptr,
-    mom_ptr,
-    part_ptr,
-    out_ptr,
-    mom_out_ptr,
-    D,
-    NB,
-    step,
-    eps,
-    decay,
-    l1_floor,
-    BLOCK: tl.constexpr,
-    PBLOCK: tl.constexpr,
-):
+def _mifgsm_apply_kernel(x_ptr, x0_ptr, g_ptr, mom_ptr, part_ptr, out_ptr, mom_out_ptr, D, NB, step, eps,
+                         decay, l1_floor, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
     blk = tl.program_id(0)
     b = tl.program_id(1)
     pbase = part_ptr + b.to(tl.int64) * NB

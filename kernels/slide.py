@@ -32,7 +32,7 @@ import math
 import triton
 import triton.language as tl
 
-from .dispatch import as_f32_contiguous, finish, result_buffer
+from .launch import as_f32_contiguous, finish, result_buffer
 from .reference import MAX_FINITE_BITS, check_same_shape, slide_k
 
 BLOCK = 256  # elements per tile; the candidate tiles are BLOCK x 16
@@ -41,6 +41,28 @@ _PROJECTIONS = ("exact", "advertorch")
 # Globals read inside a jit function must be tl.constexpr objects (the
 # interpreter does not enforce this, the compiler does).
 _MAXB = tl.constexpr(MAX_FINITE_BITS)
+
+
+@triton.jit
+def _stepped(x_ptr, x0_ptr, g_ptr, idx, m, thr, inv, step):
+    """x0 and the stepped perturbation v = (x - x0) - step * e of one block, e the L1-normalised
+    signs of the selected (|g| >= the threshold's bits) gradient entries."""
+    x = tl.load(x_ptr + idx, mask=m, other=0.0)
+    x0 = tl.load(x0_ptr + idx, mask=m, other=0.0)
+    g = tl.load(g_ptr + idx, mask=m, other=0.0)
+    sel = tl.abs(g).to(tl.int32, bitcast=True) >= thr
+    e = tl.where(sel & (g > 0), inv, tl.where(sel & (g < 0), -inv, 0.0))
+    return x0, (x - x0) - step * e
+
+
+@triton.jit
+def _candidates(prefix, p, lanes):
+    """Pass p of a radix search over float bit patterns: the 16 candidates prefix + digit << shift.
+    Digits that would push a candidate above +inf are invalid; they are clamped first so the
+    candidate arithmetic never overflows int32."""
+    shift = 28 - 4 * p
+    lim = (_MAXB - prefix) >> shift
+    return shift, lanes <= lim, prefix + (tl.minimum(lanes, lim) << shift)
 
 
 @triton.jit
@@ -54,12 +76,7 @@ def _slide_kernel(x_ptr, x0_ptr, g_ptr, out_ptr, D, k, step, eps, EXACT: tl.cons
     # best digit of each pass is the largest qualifying one.
     prefix = 0
     for p in tl.static_range(8):
-        shift = 28 - 4 * p
-        # Digits that would push the candidate above +inf are invalid; they are
-        # clamped first so the candidate arithmetic never overflows int32.
-        lim = (_MAXB - prefix) >> shift
-        valid = lanes <= lim
-        cand = prefix + (tl.minimum(lanes, lim) << shift)
+        shift, valid, cand = _candidates(prefix, p, lanes)
         cnt = tl.zeros([16], dtype=tl.int32)
         for start in range(0, D, BLOCK):
             offs = start + tl.arange(0, BLOCK)
@@ -83,21 +100,13 @@ def _slide_kernel(x_ptr, x0_ptr, g_ptr, out_ptr, D, k, step, eps, EXACT: tl.cons
     lt = 0
     over0 = 0
     for p in tl.static_range(8):
-        shift = 28 - 4 * p
-        lim = (_MAXB - lt) >> shift
-        valid = lanes <= lim
-        cand = lt + (tl.minimum(lanes, lim) << shift)
+        shift, valid, cand = _candidates(lt, p, lanes)
         theta_c = cand.to(tl.float32, bitcast=True)
         mass = tl.zeros([16], dtype=tl.float32)
         for start in range(0, D, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             m = offs < D
-            x = tl.load(x_ptr + base + offs, mask=m, other=0.0)
-            x0 = tl.load(x0_ptr + base + offs, mask=m, other=0.0)
-            g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
-            sel = tl.abs(g).to(tl.int32, bitcast=True) >= thr
-            e = tl.where(sel & (g > 0), inv, tl.where(sel & (g < 0), -inv, 0.0))
-            v = (x - x0) - step * e
+            x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
             t = tl.maximum(tl.abs(v)[:, None] - theta_c[None, :], 0.0)
             if EXACT:
                 cap = tl.maximum(tl.where(v > 0, 1.0 - x0, x0), 0.0)
@@ -116,12 +125,7 @@ def _slide_kernel(x_ptr, x0_ptr, g_ptr, out_ptr, D, k, step, eps, EXACT: tl.cons
     for start in range(0, D, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         m = offs < D
-        x = tl.load(x_ptr + base + offs, mask=m, other=0.0)
-        x0 = tl.load(x0_ptr + base + offs, mask=m, other=0.0)
-        g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
-        sel = tl.abs(g).to(tl.int32, bitcast=True) >= thr
-        e = tl.where(sel & (g > 0), inv, tl.where(sel & (g < 0), -inv, 0.0))
-        v = (x - x0) - step * e
+        x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
         mag = tl.maximum(tl.abs(v) - theta, 0.0)
         if EXACT:
             mag = tl.minimum(mag, tl.maximum(tl.where(v > 0, 1.0 - x0, x0), 0.0))

@@ -87,12 +87,16 @@ def test_batch_consistency_and_determinism(name, trained, batch):
     assert torch.equal(whole.x_adv, again.x_adv)
     rows = [attacks.run(model, x[i : i + 1], name, sample_ids=[idx[i]], **kw) for i in range(4)]
     single = torch.cat([r.x_adv for r in rows])
-    assert [int(r.label_count_final) for r in rows] == whole.label_count_final.tolist()
+    counts = torch.tensor([int(r.label_count_final) for r in rows])
     if name in ("mldp", "mlcw"):
         # Convolutions round differently for batch 1 and batch 4; ML-DP's (J J^T)^-1 and ML-CW's Adam
-        # amplify that at a few pixels, so compare on average.
+        # amplify that at a few pixels, so compare on average; a label sitting on the decision
+        # boundary may then flip in one sample (seen for ML-CW on some CPUs: [3, 5, 4, 5] vs [3, 5, 3, 6]).
         assert (single - whole.x_adv).abs().mean() < 5e-3
+        diff = (counts - whole.label_count_final).abs()
+        assert diff.max() <= 1 and (diff > 0).sum() <= 2, (counts, whole.label_count_final)
     else:
+        assert counts.tolist() == whole.label_count_final.tolist()
         torch.testing.assert_close(single, whole.x_adv, atol=1e-4, rtol=0)
 
 

@@ -1,4 +1,4 @@
-"""Exact l_inf LP solver of the MLA-LP step (engine.attacks.lpsolve) against scipy's HiGHS on the primal."""
+"""Exact l_inf LP solver of the MLA-LP step (engine.lp) against scipy's HiGHS on the primal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from engine.attacks.lpsolve import LPPool, solve_linf_lp, solve_linf_lp_primal
+from engine.lp import LPPool, solve_linf_lp, solve_linf_lp_primal
 
 REL = 1e-6  # objective vs scipy
 FEAS = 1e-7  # max(A r - b), absolute, A and b are O(1)

@@ -25,8 +25,8 @@ from engine.errors import UserError
 from engine.runtime import sweep as sw
 
 REPO = Path(__file__).resolve().parents[1]
-# A separate driver process: `sml sweep` whether or not cli/main.py imports cli.sweep_cmd yet.
-SML = [sys.executable, "-c", "import sys, cli.sweep_cmd, cli.main; sys.exit(cli.main.main(sys.argv[1:]))"]
+# A separate driver process: `sml` as the module it is.
+SML = [sys.executable, "-m", "cli.main"]
 RAY_BIN = Path(sys.executable).parent / "ray"
 
 
@@ -155,7 +155,7 @@ def test_pools_from_resources():
     gpu = sw.plan_pools({"CPU": 32, "GPU": 4}, workers=None, needs_cpu_pool=True, device="auto", cpu_actor_cpus=4)
     dev, lp = gpu
     assert (dev.name, dev.size, dev.device, dev.options["num_gpus"]) == ("device", 4, "cuda", 1)
-    assert (lp.name, lp.size, lp.options, lp.lp_workers) == ("cpu", 7, {"num_cpus": 4}, 4)
+    assert (lp.name, lp.size, lp.options, lp.pool_workers) == ("cpu", 7, {"num_cpus": 4}, 4)
     assert "num_gpus" not in lp.options
 
 
@@ -236,7 +236,6 @@ def test_driver_killed_then_resumed(ray_session, grid, reference, tmp_path):
 # ---------------------------------------------------------------- status
 def test_status_json(reference, capsys):
     import cli.main
-    import cli.sweep_cmd  # noqa: F401 - registers the command
 
     out, _, res = reference
     assert cli.main.main(["sweep", "--status", str(out)]) == 0
@@ -248,7 +247,6 @@ def test_status_json(reference, capsys):
 
 def test_status_of_plain_store_is_an_error(tmp_path, capsys):
     import cli.main
-    import cli.sweep_cmd  # noqa: F401
 
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
     assert cli.main.main(["sweep", "--status", str(tmp_path / "plain.zarr")]) == 2
@@ -393,7 +391,7 @@ def test_driver_peak_rss_is_the_process_own_not_its_parents():
     ballast = torch.ones(64 * 2**20)  # 64 Mi float32 = 256 MiB, touched in this (the parent) process
     parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert parent_mb > 300
-    code = "from engine.runtime.sweep import _peak_rss_mb; print(_peak_rss_mb())"
+    code = "from engine.runtime.sweep.scheduler import _peak_rss_mb; print(_peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     child_mb = float(out.stdout.strip().splitlines()[-1])

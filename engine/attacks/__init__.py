@@ -18,6 +18,7 @@ from engine.attacks import gradient, losses, mlalp, mlcw, mldp, targets  # noqa:
 from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
 from engine.errors import UserError
+from engine.models import prepare_for_attack
 
 __all__ = ["AttackConfig", "AttackResult", "AttackSpec", "get", "make_config", "names", "run", "targets"]
 
@@ -26,8 +27,6 @@ __all__ = ["AttackConfig", "AttackResult", "AttackSpec", "get", "make_config", "
 def attack_mode(model: nn.Module):
     """Eval mode and frozen parameters for the attack; parameter flags are restored afterwards."""
     flags = [p.requires_grad for p in model.parameters()]
-    from engine.models import prepare_for_attack
-
     prepare_for_attack(model)
     try:
         yield model

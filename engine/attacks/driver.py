@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from engine.attacks import targets
+from kernels import reference
 
 
 @dataclass
@@ -140,8 +141,6 @@ def compiled_advance(model, spec, cfg, loss_fn_key: tuple, loss_fn):
     Compiled functions are cached per (model, attack, config) so batches after the first reuse them;
     ``dynamic=None`` lets a batch-size change (early-exit compaction) recompile once as dynamic.
     """
-    from kernels import reference
-
     key = (id(model), spec.name, cfg, loss_fn_key)
     if key in _COMPILED:
         return _COMPILED[key]

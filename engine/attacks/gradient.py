@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.errors import UserError
 from kernels import dispatch as K
 
 INF = math.inf
@@ -69,8 +70,6 @@ class SLIDEConfig(AttackConfig):
     def validate(self) -> None:
         super().validate()
         if self.projection not in ("advertorch", "exact"):
-            from engine.errors import UserError
-
             raise UserError(f"unknown projection {self.projection!r}; valid: advertorch, exact")
 
 

@@ -5,7 +5,7 @@
 
 with L_k the BCE of label k on clamped sigmoid outputs (the released code's loss) and thresholds
 t_k (0.5 at first). Labels with an all-zero gradient are dropped (the linearisation cannot move
-them). The LP is solved exactly by :func:`engine.attacks.lpsolve.solve_linf_lp` (LP duality with
+them). The LP is solved exactly by :func:`engine.lp.solve_linf_lp` (LP duality with
 constraint generation: its cost grows with l, not with the d pixels), in a pool of CPU workers.
 
 Loop, after hinanmu/MLALP ``mla_lp`` (10 iterations): x <- clip(x + r). A sample whose LP is
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from engine.attacks.driver import finalize, jacobian
-from engine.attacks.lpsolve import LPPool, solve_linf_lp
 from engine.attacks.registry import AttackConfig, AttackSpec, register
 from engine.errors import UserError
+from engine.lp import LPPool, solve_linf_lp
 
 __all__ = ["MLALPConfig", "solve_linf_lp"]
 
@@ -188,6 +188,9 @@ def run(model, x0, y_star, eligible, cfg: MLALPConfig, ctx):
 
 register(AttackSpec(
     name="mlalp", title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__,
+    # Its cost is the LPs (CPU), each step takes the l x d Jacobian, and a process pool shared by
+    # all batches of a process (``ctx["lp_pool"]``) solves the LPs of a batch in parallel.
+    jacobian=True, cpu_bound=True, resources={"lp_pool": LPPool},
     presets={"paper": {"iterations": 10}, "released": {"iterations": 10, "reset_best_on_drop": True},
              "full": {"iterations": 10}},
     default_samples={"paper": 200, "released": 200, "full": 1000},

@@ -86,6 +86,6 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
 
 
 register(AttackSpec(
-    name="mldp", title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__,
+    name="mldp", title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__, jacobian=True,
     presets={"paper": {"iterations": 20, "overshoot": 0.02}, "released": {"iterations": 20, "overshoot": 0.0}},
 ))

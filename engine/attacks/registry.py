@@ -50,6 +50,14 @@ class AttackSpec:
     # Solver attacks:
     run: Callable | None = None  # (model, x0, y_star, cfg, ctx) -> SolverOutput
     default_samples: dict[str, int] = field(default_factory=dict)  # preset -> N (protocol)
+    # Traits: what the runtime and the sweep scheduler need to know, so that they never name an attack.
+    jacobian: bool = False  # each step takes the l x d Jacobian (l backward passes): sizes the batch
+    cpu_bound: bool = False  # the cost is CPU solver work, not the model: sweeps route it to CPU actors
+    # Process-wide helpers the attack reads from ``ctx[key]``: key -> factory(workers, threads per
+    # worker or None: the machine's cores shared out). The runtime creates each once per process
+    # when it is given workers (``sml attack --workers``, a sweep actor's CPU share) and closes it
+    # at the end; without one the attack manages on its own.
+    resources: dict[str, Callable[[int, int | None], Any]] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -63,12 +71,24 @@ ORDER = ("fgsm", "fgm", "bim", "pgd", "slide", "mifgsm", "mldp", "mlcw", "mlalp"
 def register(spec: AttackSpec) -> AttackSpec:
     if "paper" not in spec.presets:
         raise ValueError(f"attack {spec.name} has no 'paper' preset")
+    if (spec.step is None) == (spec.run is None):
+        raise ValueError(f"attack {spec.name} needs either a step (iterative) or a run (solver)")
     REGISTRY[spec.name] = spec
     return spec
 
 
+def unregister(name: str) -> None:
+    """Remove an attack (tests that register an example attack clean up after themselves)."""
+    REGISTRY.pop(name, None)
+
+
 def names() -> list[str]:
     return sorted(REGISTRY, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def cpu_bound() -> list[str]:
+    """Attacks whose shards sweeps send to CPU-only actors by default (``[sweep] cpu_attacks``)."""
+    return [n for n in names() if REGISTRY[n].cpu_bound]
 
 
 ALIASES = {"mi-fgsm": "mifgsm", "ml-dp": "mldp", "ml-cw": "mlcw", "mla-lp": "mlalp", "sda": "slide"}

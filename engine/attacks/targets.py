@@ -95,6 +95,10 @@ TARGETS: dict[str, Builder] = {
 }
 
 
+# Targets defined relative to one chosen label: a run of them needs ``target_label``.
+NEEDS_LABEL = ("reduction", "augmentation")
+
+
 def names() -> list[str]:
     return list(TARGETS)
 

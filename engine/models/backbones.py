@@ -21,6 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
+from engine import config
 from engine.errors import UserError
 
 
@@ -99,6 +100,8 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int, nn.Module | None]]] = {
     "resnet101": _resnet("resnet101"),
     "inception_v3": _inception,
 }
+# ModelConfig validates names against engine.config.BACKBONES without importing this module.
+assert tuple(BACKBONES) == config.BACKBONES, "engine.config.BACKBONES and the builders here disagree"
 
 # The smallest input each backbone accepts (Inception-v3's stem needs 75 px).
 MIN_INPUT = {"tiny": 16, "resnet18": 32, "resnet50": 32, "resnet101": 32, "inception_v3": 75}

@@ -46,7 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 
+import engine
+from engine.config import ModelConfig
+from engine.data.coco import LABEL_NAMES as COCO
+from engine.data.nuswide import TAGS
+from engine.data.voc import VOC_CLASSES
 from engine.errors import UserError
+from engine.models import backbones
+from engine.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +174,6 @@ EMBEDDING_FILES: dict[int, tuple[str, ...]] = {
 
 def default_label_names(num_labels: int, path: str | Path = "checkpoint") -> list[str]:
     """VOC's 20 classes, COCO's 80 names (alphabetical, ML-GCN's order) or NUS-WIDE's 81 tags, by count."""
-    from engine.data.coco import LABEL_NAMES as COCO
-    from engine.data.nuswide import TAGS
-    from engine.data.voc import VOC_CLASSES
-
     table = {len(VOC_CLASSES): VOC_CLASSES, len(COCO): COCO, len(TAGS): TAGS}
     if num_labels not in table:
         raise UserError(f"{path}: checkpoint has {num_labels} labels; label names are known only for 20 (VOC), "
@@ -203,8 +206,6 @@ def _release_state_dict(obj: Any) -> dict[str, Any] | None:
 
 def _detect_backbone(path: Path, features: dict[str, torch.Tensor], feat_dim: int) -> str:
     """The backbone whose parameter names and shapes are exactly ``features``' (built on the meta device)."""
-    from engine.models import backbones
-
     want = {k: tuple(v.shape) for k, v in features.items() if not k.endswith("num_batches_tracked")}
     first_diff = ""
     for name in ("resnet101", *(b for b in backbones.BACKBONES if b != "resnet101")):
@@ -224,10 +225,6 @@ def _detect_backbone(path: Path, features: dict[str, torch.Tensor], feat_dim: in
 
 def _from_release(obj: dict, sd: dict[str, Any], path: Path, embedding: str | Path | None,
                   label_names: Sequence[str] | None) -> dict[str, Any]:
-    import engine
-    from engine.config import ModelConfig
-    from engine.models.common import IMAGENET_MEAN, IMAGENET_STD
-
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise UserError(f"{path}: state_dict entries that are not tensors: {bad[:3]}")

@@ -3,8 +3,8 @@
 An attack iteration keeps every activation of one forward for the backward to the input, so its
 memory grows linearly with the batch. We measure one sample's activations once per (model, image
 shape) with forward hooks (device independent, no allocator statistics needed) and take as many
-samples as fit the budget: 2 GiB on CPU, 70% of the free memory on CUDA. Jacobian attacks (ML-DP,
-MLA-LP) also hold l gradients of the image per sample.
+samples as fit the budget: 2 GiB on CPU, 70% of the free memory on CUDA. Attacks whose spec says
+``jacobian`` also hold l gradients of the image per sample.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 Table 1's metrics and the exactly-right samples (cached in the store). ``attack_checkpoint`` picks
 the N samples, creates (or reopens) the run group and attacks every chunk not yet done, writing
 each chunk as soon as it is finished; an interrupted run continues where it stopped.
-``run_chunk`` is the unit of work that sweeps hand to their workers.
+``run_shard`` is the unit of work: ``sml attack`` runs its chunks in turn, sweeps hand them to workers.
+The runtime names no attack: what it needs to know (Jacobian, shared resources) are the
+attack spec's traits.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import engine
 from engine import attacks, protocol
-from engine.attacks.registry import AttackConfig
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
 from engine.models import checkpoints, from_checkpoint
@@ -31,6 +33,9 @@ from engine.models.evaluate import dataset_for
 from engine.models.metrics import table1
 from engine.runtime import batching
 from engine.runtime import store as st
+from engine.runtime.runspec import RunSpec
+
+__all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shard", "summarize", "todo_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +110,8 @@ def batch_for(p: Plan, spec, shape: tuple[int, ...], requested: int, device: str
     """The requested batch, or (0) the largest that fits the memory budget (engine.runtime.batching)."""
     if requested > 0:
         return requested
-    return batching.auto_batch(p.model, shape, num_labels=p.dataset.num_labels,
-                               jacobian=spec.name in ("mldp", "mlalp"), device=device)
+    return batching.auto_batch(p.model, shape, num_labels=p.dataset.num_labels, jacobian=spec.jacobian,
+                               device=device)
 
 
 def use_compile(flag: str | bool, device: str) -> bool:
@@ -118,88 +123,23 @@ def use_compile(flag: str | bool, device: str) -> bool:
     return flag == "on" or (flag == "auto" and torch.device(device).type == "cuda")
 
 
-def run_chunk(p: Plan, run, chunk: int, cfg: AttackConfig, *, attack: str, target: str, seed: int,
-              target_label: Any = None, early_exit: bool = False, exit_every: int = 4, batch_size: int = 0,
-              device: str = "cpu", ctx: dict | None = None, progress=None, compile: bool = False) -> int:
-    """Attack the samples of one chunk of ``run`` and write them (then the done flag)."""
-    c = int(run.attrs["chunk_size"])
-    index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
-    spec = attacks.get(attack)
-    shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
-    bs = batch_for(p, spec, shape, batch_size, device)
-    parts: dict[str, list] = {k: [] for k in st.RESULT_FIELDS}
-    reasons: list[str] = []
-    deltas = []
-    for s in range(0, len(index), bs):
-        ids = index[s : s + bs]
-        x = torch.stack([p.dataset.image(int(i)) for i in ids]).to(device)
-        res = attacks.run(p.model, x, attack, config=cfg, target=target, seed=seed, sample_ids=ids.tolist(),
-                          early_exit=early_exit, exit_every=exit_every, target_label=target_label, ctx=ctx,
-                          compile=compile and spec.kind == "iterative")
-        for k in parts:
-            parts[k].append(getattr(res, k).detach().cpu().numpy())
-        reasons += res.reasons
-        if "x_adv_delta" in run:
-            deltas.append((res.x_adv - x).cpu().numpy())
-        if progress is not None:
-            progress(len(ids))
-    rows = {k: np.concatenate(v).astype(st.RESULT_FIELDS[k][0]) for k, v in parts.items()}
-    rows["y_star"] = rows["y_star"] > 0.5
-    st.write_chunk(run, chunk, rows, reasons, np.concatenate(deltas) if deltas else None)
-    return len(index)
+def add_resources(spec, ctx: dict[str, Any], workers: int, threads: int | None = None) -> None:
+    """Create the process-wide helpers the attack declares (``AttackSpec.resources``), once per
+    ``ctx``, with ``workers`` processes of ``threads`` threads (None: the machine's cores shared
+    out); with no workers to give them the attack manages on its own."""
+    if workers <= 0:
+        return
+    for key, make in spec.resources.items():
+        if key not in ctx:
+            ctx[key] = make(workers, threads)
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunSpec:
-    """Everything that defines one attack run of the protocol on a planned (model, data set).
-
-    ``attack_checkpoint`` and the sweep both go through :func:`open_run` and :func:`run_shard` with
-    one of these, so a run made by ``sml attack`` and the same run made by a sweep are the same run
-    (same group, same fingerprint, same rows).
-    """
-
-    attack: str
-    preset: str = "paper"
-    target: str = "show-many"
-    target_label: Any = None
-    params: dict[str, Any] = field(default_factory=dict)
-    n: int | None = None  # None: the preset's protocol default (1000; 200 for MLA-LP)
-    seed: int = 0
-    order: str = "seeded"
-    chunk_size: int = 100  # samples per shard = per stored chunk: the unit of resume and of scheduling
-    batch_size: int = 0  # 0: automatic; never depends on who runs the shard
-    early_exit: bool = False
-    exit_every: int = 4
-    save_adv: bool = False
-
-    def resolve(self) -> tuple[Any, AttackConfig, int]:
-        """(attack spec, config, N requested); bad names or values raise UserError."""
-        spec = attacks.get(self.attack)
-        cfg = attacks.make_config(spec.name, self.preset, **(self.params or {}))
-        if self.target not in attacks.targets.names():
-            raise UserError(f"unknown target {self.target!r}; valid: {', '.join(attacks.targets.names())}")
-        if self.chunk_size < 1:
-            raise UserError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if self.batch_size < 0:
-            raise UserError(f"batch_size must be >= 0 (0: automatic), got {self.batch_size}")
-        n_req = self.n if self.n is not None else spec.default_samples.get(self.preset, 1000)
-        if n_req < 1:
-            raise UserError(f"N (number of samples) must be >= 1, got {n_req}")
-        if self.order not in ("seeded", "first"):
-            raise UserError(f"unknown sample order {self.order!r}; valid: seeded, first")
-        return spec, cfg, n_req
-
-    @property
-    def key(self) -> str:
-        spec = attacks.get(self.attack)
-        return st.run_key(spec.name, self.preset, self.target, self.early_exit, self.target_label)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        return cls(**d)
+def close_resources(ctx: dict[str, Any]) -> None:
+    """Close what :func:`add_resources` created (worker processes, shared memory)."""
+    for key in list(ctx):
+        close = getattr(ctx.pop(key), "close", None)
+        if close is not None:
+            close()
 
 
 def open_run(p: Plan, root_group, rs: RunSpec):
@@ -207,7 +147,7 @@ def open_run(p: Plan, root_group, rs: RunSpec):
 
     The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
     """
-    spec, cfg, n_req = rs.resolve()
+    spec, cfg, n_req = rs.spec, rs.config, rs.n_requested
     picked = protocol.select(p.candidates, n_req, rs.seed, rs.order)
     if len(picked) == 0:
         raise UserError(f"{p.checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
@@ -245,11 +185,33 @@ def chunk_rows(run, chunk: int) -> int:
 
 def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx: dict | None = None,
               progress=None, compile: bool = False) -> int:
-    """Attack chunk ``chunk`` of ``run`` as ``rs`` says and write it: the unit of work of every path."""
-    spec, cfg, _ = rs.resolve()
-    return run_chunk(p, run, chunk, cfg, attack=spec.name, target=rs.target, seed=rs.seed,
-                     target_label=rs.target_label, early_exit=rs.early_exit, exit_every=rs.exit_every,
-                     batch_size=rs.batch_size, device=device, ctx=ctx, progress=progress, compile=compile)
+    """Attack the samples of chunk ``chunk`` of ``run`` as ``rs`` says and write them (rows, then the
+    done flag): the unit of work of ``sml attack`` and of every sweep worker."""
+    c = int(run.attrs["chunk_size"])
+    index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
+    spec = rs.spec
+    shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
+    bs = batch_for(p, spec, shape, rs.batch_size, device)
+    parts: dict[str, list] = {k: [] for k in st.RESULT_FIELDS}
+    reasons: list[str] = []
+    deltas = []
+    for s in range(0, len(index), bs):
+        ids = index[s : s + bs]
+        x = torch.stack([p.dataset.image(int(i)) for i in ids]).to(device)
+        res = attacks.run(p.model, x, spec.name, config=rs.config, target=rs.target, seed=rs.seed,
+                          sample_ids=ids.tolist(), early_exit=rs.early_exit, exit_every=rs.exit_every,
+                          target_label=rs.target_label, ctx=ctx, compile=compile and spec.kind == "iterative")
+        for k in parts:
+            parts[k].append(getattr(res, k).detach().cpu().numpy())
+        reasons += res.reasons
+        if "x_adv_delta" in run:
+            deltas.append((res.x_adv - x).cpu().numpy())
+        if progress is not None:
+            progress(len(ids))
+    rows = {k: np.concatenate(v).astype(st.RESULT_FIELDS[k][0]) for k, v in parts.items()}
+    rows["y_star"] = rows["y_star"] > 0.5
+    st.write_chunk(run, chunk, rows, reasons, np.concatenate(deltas) if deltas else None)
+    return len(index)
 
 
 def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, preset: str = "paper",
@@ -262,10 +224,11 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
                       label_names: list[str] | None = None, trust_pickle: bool = False, allow_missing: bool = False,
                       **load_kw) -> dict[str, Any]:
     """Run one attack of the study's protocol on one checkpoint into the store at ``out``."""
-    rs = RunSpec(attack=attack, preset=preset, target=target, target_label=target_label, params=dict(params or {}),
-                 n=n, seed=seed, order=order, chunk_size=chunk_size, batch_size=batch_size, early_exit=early_exit,
-                 exit_every=exit_every, save_adv=save_adv)
-    spec, _, _ = rs.resolve()  # bad names fail before the model is loaded
+    # Bad names and values fail here, before the model is loaded.
+    rs = RunSpec.from_dict({"attack": attack, "preset": preset, "target": target, "target_label": target_label,
+                            "params": dict(params or {}), "n": n, "seed": seed, "order": order,
+                            "chunk_size": chunk_size, "batch_size": batch_size, "early_exit": early_exit,
+                            "exit_every": exit_every, "save_adv": save_adv})
     root_group = st.open_store(out, "a")
     compiled = use_compile(compile, device)
     p = plan(checkpoint, root_group, dataset=dataset, root=root, split=split, device=device, model_key=model_key,
@@ -273,24 +236,17 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
              **load_kw)
     run = open_run(p, root_group, rs)
     todo = todo_chunks(run)
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     remaining = sum(chunk_rows(run, c) for c in todo)
     ctx: dict[str, Any] = {}
-    pool = None
-    if spec.name == "mlalp" and workers > 0:
-        from engine.attacks.lpsolve import LPPool
-
-        pool = ctx["lp_pool"] = LPPool(workers=workers)
+    add_resources(rs.spec, ctx, workers)
     try:
         with tqdm(total=remaining, desc=f"{p.model_key}/{p.dataset_key}/{rs.key}", unit="sample",
                   disable=not progress, dynamic_ncols=True) as bar:
             for c in todo:
                 run_shard(p, run, c, rs, device=device, ctx=ctx, progress=bar.update, compile=compiled)
     finally:
-        if pool is not None:
-            pool.close()
+        close_resources(ctx)
     seconds = time.perf_counter() - t0
     return summarize(run) | {"seconds": seconds, "chunks_run": len(todo), "store": str(out), "group": run.path}
 

@@ -1,0 +1,150 @@
+"""What each `sml` command does once cli.main has parsed it: call one engine function, print the
+result. ``cmd_<name>`` runs the command whose parser set ``run="<name>"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import tomllib
+from tqdm import tqdm
+
+from engine import data
+from engine.config import DemoDataConfig, ModelConfig, load_toml
+from engine.data import demo
+from engine.errors import UserError
+from engine.models.evaluate import evaluate
+from engine.models.train import recipe, train
+from engine.report import render, table1_markdown
+from engine.runtime.runner import attack_checkpoint
+from engine.runtime.sweep import run_sweep, sweep_status
+from engine.util import write_text_atomic
+
+
+def _emit_json(obj, path: str | None) -> None:
+    text = json.dumps(obj, indent=1, default=str)
+    if path:
+        write_text_atomic(Path(path), text + "\n")
+
+
+def _data_kw(a: argparse.Namespace) -> dict:
+    kw = {"allow_missing": a.allow_missing}
+    if a.split_seed is not None:
+        kw["seed"] = a.split_seed
+    return kw
+
+
+def _checkpoint_kw(a: argparse.Namespace) -> dict:
+    names = None
+    if a.label_names:
+        try:
+            names = [ln.strip() for ln in Path(a.label_names).read_text().splitlines() if ln.strip()]
+        except OSError:
+            raise UserError(f"{a.label_names}: label names file not found") from None
+    return {"embedding": a.embedding, "label_names": names, "trust_pickle": a.trust_checkpoint}
+
+
+def cmd_data_demo(a: argparse.Namespace) -> None:
+    cfg = DemoDataConfig(n_train=a.n_train, n_test=a.n_test, size=a.size, labels=a.labels, seed=a.seed)
+    with tqdm(total=cfg.n_train + cfg.n_test, desc="demo data", unit="img", disable=None) as bar:
+        out, created = demo.generate(a.out, cfg, progress=bar.update)
+    print(f"{'wrote' if created else 'reusing'} demo data set at {out} "
+          f"({cfg.n_train} train + {cfg.n_test} test images, {cfg.labels} labels)")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    toml = load_toml(a.config, tables=("model", "train")) if a.config else {}
+    model_kw = {**toml.get("model", {}), "family": a.model}
+    for k in ("backbone", "input_size", "backbone_weights", "embedding", "normalization"):
+        if getattr(a, k) is not None:
+            model_kw[k] = getattr(a, k)
+    if "input_size" not in model_kw:
+        model_kw["input_size"] = data.info(a.dataset).size
+    model_cfg = ModelConfig.from_dict(model_kw, where="[model]")
+    train_kw = dict(toml.get("train", {}))
+    for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "backbone_lr_mult", "grad_clip",
+              "lr_schedule", "seed", "freeze_backbone", "augment"):
+        if getattr(a, k) is not None:
+            train_kw[k] = getattr(a, k)
+    name = a.recipe or ("demo" if a.dataset == "demo" else "paper")
+    train_cfg = recipe(a.model, name, **train_kw)
+    res = train(model_cfg=model_cfg, train_cfg=train_cfg, dataset=a.dataset, root=a.root, out=a.out,
+                resume=a.resume, progress=not a.no_progress, device=a.device, **_data_kw(a))
+    h = res["history"][-1] if res["history"] else {}
+    state = f"trained {res['ran']} epoch(s)" if res["ran"] else "up to date"
+    print(f"{a.out}: {state}, {res['epochs']} epochs in all, last loss {h.get('loss', float('nan')):.4f}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    rows = [evaluate(c, dataset=a.dataset, root=a.root, split=a.split, **_checkpoint_kw(a), **_data_kw(a))
+            for c in a.checkpoint]
+    obj = rows[0] if len(rows) == 1 else rows
+    _emit_json(obj, a.out)
+    if a.json:
+        print(json.dumps(obj, indent=1))
+    else:
+        print(table1_markdown(rows))
+
+
+def _parse_params(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--param {item!r}: expected NAME=VALUE, e.g. --param eps=0.01")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = tomllib.loads(f"v = {v}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[k.strip()] = v  # a bare word: a string
+    return out
+
+
+def cmd_attack(a: argparse.Namespace) -> None:
+    params = {}
+    if a.config:
+        params.update(load_toml(a.config, tables=("attack",)).get("attack", {}))
+    params.update(_parse_params(a.param))
+    res = attack_checkpoint(a.checkpoint, a.attack, a.out, preset=a.preset, target=a.target,
+                            target_label=a.target_label, params=params, n=a.n, seed=a.seed, order=a.order,
+                            dataset=a.dataset, root=a.root, split=a.split, chunk_size=a.chunk_size,
+                            batch_size=a.batch_size, early_exit=a.early_exit, save_adv=a.save_adv, device=a.device,
+                            model_key=a.model_key, workers=a.workers, progress=not a.no_progress, compile=a.compile,
+                            **_checkpoint_kw(a), **_data_kw(a))
+    rates = " ".join(f"{v:.3f}" for v in res["success_final"])
+    note = ""
+    if res["n"] < res["n_requested"]:
+        note = f" (only {res['n']} of {res['n_requested']} asked for were predicted right)"
+    print(f"{res['group']}: {res['n_eligible']} samples{note}, {res['chunks_run']} chunk(s) run in "
+          f"{res['seconds']:.1f} s; success per n (final): {rates}")
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    paths = render(a.store, a.out, tuple(f.strip() for f in a.format.split(",") if f.strip()))
+    for path in paths:
+        print(path)
+
+
+def cmd_sweep(a: argparse.Namespace) -> None:
+    if a.status:
+        if a.sweep or a.out:
+            raise UserError("--status STORE takes no sweep file and no --out")
+        print(json.dumps(sweep_status(a.status), indent=1))
+        return
+    if not a.sweep or not a.out:
+        raise UserError("usage: sml sweep SWEEP.toml --out STORE.zarr [--address auto|HOST:PORT] [--workers K] "
+                        "[--local], or sml sweep --status STORE.zarr")
+    if a.local and a.address:
+        raise UserError("--local runs without Ray; it cannot be combined with --address")
+    res = run_sweep(a.sweep, a.out, address=a.address, workers=a.workers, local=a.local,
+                    progress=not a.no_progress)
+    if a.json:
+        print(json.dumps(res, indent=1, default=str))
+        return
+    actors = ", ".join(f"{k} x{v}" for k, v in res["actors"].items())
+    print(f"{res['store']}: sweep {res['sweep']!r}, {res['shards_done']}/{res['shards_total']} shards done "
+          f"({res['shards_run']} run now, {res['shards_done_before']} before) on {actors}; {res['samples_run']} "
+          f"samples in {res['seconds']:.1f} s ({res['samples_per_s']:.1f}/s). Tables: sml report {res['store']} "
+          f"--out reports/")
