@@ -76,7 +76,6 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
     _add_data_flags(p)
-    p.set_defaults(run="train")
 
 
 # ---------------------------------------------------------------- evaluate
@@ -90,7 +89,6 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="also write the JSON to this file")
     _add_checkpoint_flags(p)
     _add_data_flags(p)
-    p.set_defaults(run="evaluate")
 
 
 # ---------------------------------------------------------------- attack
@@ -124,7 +122,6 @@ def _attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     _add_checkpoint_flags(p)
     _add_data_flags(p)
-    p.set_defaults(run="attack")
 
 
 # ---------------------------------------------------------------- report
@@ -133,7 +130,6 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for the tables and plots")
     p.add_argument("--format", default="md,csv,json", help="comma-separated: md, csv, json")
-    p.set_defaults(run="report")
 
 
 # ---------------------------------------------------------------- sweep
@@ -147,7 +143,6 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run="sweep")
 
 
 # ---------------------------------------------------------------- entry point
@@ -156,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_) in COMMANDS.items():
-        fn(sub.add_parser(name, help=help_, description=help_))
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(run=name)  # cli.commands.cmd_<run> runs it (a sub-command may name another)
+        fn(p)
     return parser
 
 

@@ -87,16 +87,20 @@ def test_batch_consistency_and_determinism(name, trained, batch):
     assert torch.equal(whole.x_adv, again.x_adv)
     rows = [attacks.run(model, x[i : i + 1], name, sample_ids=[idx[i]], **kw) for i in range(4)]
     single = torch.cat([r.x_adv for r in rows])
-    counts = torch.tensor([int(r.label_count_final) for r in rows])
     if name in ("mldp", "mlcw"):
         # Convolutions round differently for batch 1 and batch 4; ML-DP's (J J^T)^-1 and ML-CW's Adam
-        # amplify that at a few pixels, so compare on average; a label sitting on the decision
-        # boundary may then flip in one sample (seen for ML-CW on some CPUs: [3, 5, 4, 5] vs [3, 5, 3, 6]).
-        assert (single - whole.x_adv).abs().mean() < 5e-3
-        diff = (counts - whole.label_count_final).abs()
-        assert diff.max() <= 1 and (diff > 0).sum() <= 2, (counts, whole.label_count_final)
+        # amplify that at a few pixels; ML-CW's binary search and early abort can even send one
+        # sample down another path (seen on some CPUs). So batch 1 is compared by the typical
+        # sample, and the exact check is a permuted batch of the same size (same rounding): a
+        # sample's result depends neither on its batch-mates nor on its place in the batch.
+        assert (single - whole.x_adv).abs().flatten(1).mean(1).median() < 5e-3
+        perm = [2, 0, 3, 1]
+        shuffled = attacks.run(model, x[perm], name, sample_ids=[idx[i] for i in perm], **kw)
+        back = torch.argsort(torch.tensor(perm))
+        assert torch.equal(shuffled.x_adv[back], whole.x_adv)
+        assert torch.equal(shuffled.label_count_final[back], whole.label_count_final)
     else:
-        assert counts.tolist() == whole.label_count_final.tolist()
+        assert [int(r.label_count_final) for r in rows] == whole.label_count_final.tolist()
         torch.testing.assert_close(single, whole.x_adv, atol=1e-4, rtol=0)
 
 

@@ -7,7 +7,7 @@ Layers:
 3. The exact L1+box projection against a brute-force sorted-breakpoint solver
    and against other feasible points (it must be the minimiser).
 4. Dispatch rules, compile friendliness, and (without a GPU) that every kernel
-   still compiles for sm_90.
+   still compiles for sm_80 and sm_90, launch by launch.
 
 How the interpreter is used: with triton 3.8 the interpreted-vs-compiled choice
 is made when a ``@triton.jit`` decorator runs, and triton's own helpers
@@ -736,56 +736,112 @@ def _ptxas_available():
         return False
 
 
+class _Recorder:
+    """Stands in for a @triton.jit kernel: records what a launcher passes instead of launching."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.calls.append((args, kw))
+
+
+# One example call per public step of kernels.dispatch (odd shapes; every projection): the AOT
+# test drives the launchers through these, so it compiles what the launchers really launch.
+_EXAMPLE_CALLS = {
+    "linf_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 0.1, 0.2))],
+    "l2_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 0.1, 0.2))],
+    "mifgsm_step": lambda x, x0, g, m: [dict(args=(x, x0, g, m, 0.1, 0.2, 1.0))],
+    "slide_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 1.0, 2.0, 0.9), kw={"projection": p})
+                                       for p in ("exact", "advertorch")],
+}
+
+
+def _aot_cases(monkeypatch):
+    """(kernel, signature, constexprs, num_warps) of every launch the public steps make, with each
+    kernel module's entry kernels (``*_kernel``) replaced by recorders; a kernel that no public
+    step launches is an error, so a new kernel cannot go without its AOT case."""
+    import triton
+
+    from kernels import dispatch as D
+
+    recorders = {}
+    for info in sorted(KDIR.glob("*.py")):
+        if info.stem.startswith("_"):
+            continue
+        mod = importlib.import_module(f"kernels.{info.stem}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
+                rec = recorders[f"{info.stem}.{name}"] = _Recorder(obj)
+                monkeypatch.setattr(mod, name, rec)
+    assert recorders, "no Triton kernels found"
+    monkeypatch.setattr(D, "_use_triton", lambda x: True)
+    x = torch.rand(3, 3, 5, 7)
+    x0, g, m = torch.rand_like(x), torch.randn_like(x), torch.randn_like(x)
+    missing = sorted(set(D.__all__) - {"backend_for"} - set(_EXAMPLE_CALLS))
+    assert not missing, f"add an example call to _EXAMPLE_CALLS for {missing}"
+    for name, make in _EXAMPLE_CALLS.items():
+        for call in make(x, x0, g, m):
+            getattr(D, name)(*call["args"], **call.get("kw", {}))
+    unlaunched = sorted(k for k, r in recorders.items() if not r.calls)
+    assert not unlaunched, f"no public step launches {unlaunched}: give it an example call"
+
+    def kind(v):
+        if isinstance(v, torch.Tensor):
+            return {torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}[v.dtype]
+        if isinstance(v, bool):
+            return "i1"
+        if isinstance(v, int):
+            return "i32" if -(2**31) <= v < 2**31 else "i64"
+        return "fp32"
+
+    cases = []
+    for key, rec in recorders.items():
+        for args, kw in rec.calls:
+            params = rec.fn.params
+            plain = [p for p in params if not p.is_constexpr]
+            assert len(args) == len(plain), f"{key}: constexprs must be passed by keyword"
+            sig = {p.name: kind(v) for p, v in zip(plain, args)}
+            cx = {p.name: kw[p.name] for p in params if p.is_constexpr}
+            sig.update({n: "constexpr" for n in cx})
+            cases.append((key, rec.fn, sig, cx, kw.get("num_warps", 4)))
+    return cases
+
+
 @pytest.mark.skipif(IN_INTERPRETER, reason="needs compiled (non-interpreted) triton")
 @pytest.mark.skipif(not _ptxas_available(), reason="triton without the NVIDIA backend toolchain")
-def test_kernels_compile_for_sm90():
-    """Compile every kernel to a cubin for sm_90 (no GPU needed).
+@pytest.mark.parametrize("arch", [80, 90], ids=["sm_80", "sm_90"])
+def test_kernels_compile_for_gpu(arch, monkeypatch):
+    """Compile every kernel launch the public steps make to a cubin for A100 (sm_80) and H100/H200
+    (sm_90), with the signature and constexprs the launchers pass (no GPU needed).
 
-    The interpreter accepts code the compiler rejects (e.g. non-constexpr
-    globals, reassigned constexprs), so this catches GPU-only breakage on a
-    CPU-only CI.
+    The interpreter accepts code the compiler rejects (e.g. non-constexpr globals, reassigned
+    constexprs), so this catches GPU-only breakage on a CPU-only CI.
     """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.interpreter import InterpretedFunction
 
-    import kernels.l2 as l2
     import kernels.linf as linf
-    import kernels.mifgsm as mi
-    import kernels.slide as sl
 
     if isinstance(linf._linf_kernel, InterpretedFunction):
         pytest.skip("kernel modules were imported under TRITON_INTERPRET=1 in this process")
-    ints = {"D", "N", "NB", "k"}
-
-    def compile_kernel(fn, constexprs, num_warps):
-        sig = {}
-        for p in fn.params:
-            if p.is_constexpr:
-                sig[p.name] = "constexpr"
-            elif p.name.endswith("_ptr"):
-                sig[p.name] = "*fp32"
-            else:
-                sig[p.name] = "i32" if p.name in ints else "fp32"
-        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-
-    cases = [
-        (linf._linf_kernel, {"BLOCK": linf.BLOCK}, linf.NUM_WARPS),
-        (l2._l2_partials_kernel, {"BLOCK": l2.BLOCK}, l2.NUM_WARPS),
-        (l2._l2_apply_kernel, {"BLOCK": l2.BLOCK, "PBLOCK": l2.PBLOCK}, l2.NUM_WARPS),
-        (mi._l1_partials_kernel, {"BLOCK": mi.BLOCK}, mi.NUM_WARPS),
-        (mi._mifgsm_apply_kernel, {"BLOCK": mi.BLOCK, "PBLOCK": mi.PBLOCK}, mi.NUM_WARPS),
-        (sl._slide_kernel, {"EXACT": True, "BLOCK": sl.BLOCK}, sl.NUM_WARPS),
-        (sl._slide_kernel, {"EXACT": False, "BLOCK": sl.BLOCK}, sl.NUM_WARPS),
-    ]
-    for fn, cx, nw in cases:
-        compiled = compile_kernel(fn, cx, nw)
+    cases = _aot_cases(monkeypatch)
+    assert len(cases) >= 7
+    seen = set()
+    for key, fn, sig, cx, nw in cases:
+        ident = (key, tuple(sorted(sig.items())), tuple(sorted(cx.items())), nw)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        src = ASTSource(fn=fn, signature=sig, constexprs=cx)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": nw})
         ptx = compiled.asm["ptx"]
-        assert ".entry" in ptx
+        assert ".entry" in ptx and f".target sm_{arch}" in ptx, key
+        assert compiled.asm.get("cubin"), key
         # Scalars are computed with IEEE rounding on purpose (see kernels).
-        assert "div.full" not in ptx and "sqrt.approx" not in ptx, fn.__name__
+        assert "div.full" not in ptx and "sqrt.approx" not in ptx, key
 
 
 def test_public_api():

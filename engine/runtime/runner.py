@@ -39,6 +39,7 @@ __all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shar
 
 log = logging.getLogger(__name__)
 
+
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
