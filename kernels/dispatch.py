@@ -28,7 +28,7 @@ launchers allocate and pick grids on the host.
 
 It must stay importable without triton, so it imports the Triton modules only
 when a step is routed to them; the launch helpers those modules share live in
-kernels.launch, which both they and this router import (never each other).
+kernels.launch, so they never import this router back.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Launch helpers shared by the Triton kernel modules: input checks, the output
 buffer, copying back into ``out``.
 
-Plain torch code with no triton import, so that both the kernel modules and the
-router (kernels.dispatch) can import it without importing each other.
+Plain torch code with no triton import. The kernel modules import it instead of
+the router (kernels.dispatch), which imports them: no cycle.
 """
 
 from __future__ import annotations

@@ -97,8 +97,10 @@ class ModelEntry(Config):
             raise UserError(f"key must be a non-empty name without '/', got {self.key!r}")
 
 
-# The [[attack]] table: a RunSpec whose attack is called name, with lists of presets and targets.
-PROTOCOL_KEYS = ("n", "seed", "order", "chunk_size", "batch_size", "early_exit", "exit_every", "save_adv")
+# [protocol]: every RunSpec field but those naming what is attacked and how, so a new protocol
+# field is a sweep-file key at once. [[attack]]: a RunSpec whose attack is called name, with lists
+# of presets and targets.
+PROTOCOL_KEYS = tuple(k for k in RunSpec.schema() if k not in ("attack", "preset", "target", "target_label", "params"))
 ATTACK_SCHEMA = {"name": str, "preset": str, "presets": list, "target": str, "targets": list,
                  **{k: t for k, t in RunSpec.schema().items() if k not in ("attack", "preset", "target")}}
 PROTOCOL_SCHEMA = {k: RunSpec.schema()[k] for k in PROTOCOL_KEYS}
