@@ -118,7 +118,7 @@ def plot(rows: list[dict], out_dir) -> list:
     import matplotlib  # heavy (~0.5 s); only plots need it
 
     matplotlib.use("Agg")  # headless: must precede pyplot's import
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), hence here too
 
     paths = []
     show = [r for r in rows if r["target"] == "show-many"]

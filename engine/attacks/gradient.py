@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from engine.attacks.registry import AttackConfig, AttackSpec, register
 from engine.errors import UserError
 from kernels import dispatch as K
@@ -109,8 +111,6 @@ def _slide(x, x0, g, s, cfg, k=K):
 
 
 def _mifgsm_init(x0, cfg, noise):
-    import torch
-
     return x0.clone(), torch.zeros_like(x0)
 
 

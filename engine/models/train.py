@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import engine
 from engine import data as datasets
@@ -224,8 +225,6 @@ def train(
     preloaded = None
     if n * 3 * model_cfg.input_size**2 * 4 <= PRELOAD_BYTES:
         preloaded = torch.stack([ds.image(i) for i in range(n)])
-
-    from tqdm import tqdm
 
     cached = None
     if train_cfg.freeze_backbone and not train_cfg.augment:
