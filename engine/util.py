@@ -7,12 +7,31 @@ import tempfile
 from pathlib import Path
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() would give under this process's umask (0644 / 0755 under the usual
+    022). tempfile makes files 0600 and folders 0700, which colleagues on a shared filesystem
+    cannot read: what we write through a temporary is given this mode before it is renamed."""
+    try:  # Linux >= 4.7 reports it; reading it leaves the process umask alone (os.umask() sets it)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+                break
+        else:
+            raise OSError
+    except (OSError, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary sibling and rename, so readers never see a half-written file."""
+    """Write via a temporary sibling and rename, so readers never see a half-written file; the file
+    gets the mode the user's umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -42,6 +42,7 @@ from PIL import Image
 from engine.config import DemoDataConfig
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
+from engine.util import umask_mode
 
 FORMAT = "showmanylabels-demo"
 VERSION = 1
@@ -264,6 +265,7 @@ def generate(out: str | Path, cfg: DemoDataConfig, *, progress=None) -> tuple[Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        tmp.chmod(umask_mode(directory=True))  # mkdtemp's 0700 would hide it from colleagues
         for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
             _generate_split(tmp, split, n, cfg, names, progress)
         meta = {

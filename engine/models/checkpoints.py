@@ -54,6 +54,7 @@ from engine.data.voc import VOC_CLASSES
 from engine.errors import UserError
 from engine.models import backbones
 from engine.models.common import IMAGENET_MEAN, IMAGENET_STD
+from engine.util import umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())  # mkstemp's 0600 would hide it from colleagues
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
         os.replace(tmp, path)

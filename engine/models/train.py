@@ -31,6 +31,7 @@ from tqdm import tqdm
 import engine
 from engine import data as datasets
 from engine.config import ModelConfig, TrainConfig
+from engine.device import check_device
 from engine.errors import UserError
 from engine.models import build, checkpoints, from_checkpoint
 from engine.models.mlgcn import correlation_matrix
@@ -178,6 +179,7 @@ def train(
     **load_kw,
 ) -> dict[str, Any]:
     """Train and checkpoint to ``out`` after every epoch; returns a summary dict."""
+    check_device(device)
     out = Path(out)
     meta = datasets.info(dataset)
     ds = datasets.load(dataset, root=root, split=meta.train_split, size=model_cfg.input_size,

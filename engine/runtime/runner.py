@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 import engine
 from engine import attacks, protocol
 from engine.data.base import ImageListDataset
+from engine.device import check_device
 from engine.errors import UserError
 from engine.models import checkpoints, from_checkpoint
 from engine.models.evaluate import dataset_for
@@ -58,20 +60,26 @@ class Plan:
     metrics: dict[str, Any]
     checkpoint: str
     digest: str
+    root: Any  # the store's root group
 
 
 def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
          split: str | None = None, device: str = "cpu", model_key: str | None = None,
          embedding: str | Path | None = None, label_names: list[str] | None = None, trust_pickle: bool = False,
          allow_missing: bool = False, **load_kw) -> Plan:
-    """Load model and data; find (or reuse from the store) the exactly-right test samples."""
+    """Load model and data; find (or reuse from the store) the exactly-right test samples.
+
+    ``store`` is the store's root group, or a function that opens it: called once the checkpoint
+    and the data have loaded, so that bad inputs leave no store behind.
+    """
     ck = checkpoints.read(checkpoint, embedding, label_names, trust_pickle=trust_pickle)
     ds = dataset_for(ck, dataset, root, split, checkpoint, allow_missing=allow_missing, **load_kw)
     model = from_checkpoint(ck).to(device)
     model.label_names = list(ck["label_names"])
     digest = file_digest(checkpoint)
     mkey = model_key or Path(checkpoint).stem
-    group = st.model_group(store, mkey, ds.name)
+    root_group = store() if callable(store) else store
+    group = st.model_group(root_group, mkey, ds.name)
     attrs = dict(group.attrs)
     if attrs.get("checkpoint_digest") not in (None, digest) or attrs.get("split") not in (None, ds.split):
         raise UserError(
@@ -91,7 +99,7 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
         group.attrs.update({"metrics": metrics, "checkpoint": str(checkpoint), "checkpoint_digest": digest,
                             "split": ds.split, "family": ck["model"]["family"], "backbone": ck["model"]["backbone"],
                             "label_names": ds.label_names, "num_test_samples": len(ds)})
-    return Plan(model, ds, mkey, ds.name, cand, metrics, str(checkpoint), digest)
+    return Plan(model, ds, mkey, ds.name, cand, metrics, str(checkpoint), digest, root_group)
 
 
 @torch.no_grad()
@@ -230,12 +238,15 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
                             "params": dict(params or {}), "n": n, "seed": seed, "order": order,
                             "chunk_size": chunk_size, "batch_size": batch_size, "early_exit": early_exit,
                             "exit_every": exit_every, "save_adv": save_adv})
-    root_group = st.open_store(out, "a")
+    check_device(device)
+    if model_key is not None:
+        st.check_name(model_key, "--model-key")
     compiled = use_compile(compile, device)
-    p = plan(checkpoint, root_group, dataset=dataset, root=root, split=split, device=device, model_key=model_key,
-             embedding=embedding, label_names=label_names, trust_pickle=trust_pickle, allow_missing=allow_missing,
-             **load_kw)
-    run = open_run(p, root_group, rs)
+    # The store is opened only once checkpoint and data have loaded: bad inputs leave nothing behind.
+    p = plan(checkpoint, partial(st.open_store, out, "a"), dataset=dataset, root=root, split=split, device=device,
+             model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
+             allow_missing=allow_missing, **load_kw)
+    run = open_run(p, p.root, rs)
     todo = todo_chunks(run)
     t0 = time.perf_counter()
     remaining = sum(chunk_rows(run, c) for c in todo)

@@ -90,8 +90,16 @@ def _json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def check_name(name: str, what: str) -> str:
+    """A group name of ours (model key, run key): one path component, so that it can neither hide a
+    run from the report (``a/b``) nor reach outside the store (``..``)."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise UserError(f"{what} must be a non-empty name without '/' (and not . or ..), got {name!r}")
+    return name
+
+
 def model_group(root: zarr.Group, model: str, dataset: str) -> zarr.Group:
-    return root.require_group(f"{model}/{dataset}")
+    return root.require_group(f"{check_name(model, 'model key')}/{dataset}")
 
 
 def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_shape: tuple[int, ...] | None,

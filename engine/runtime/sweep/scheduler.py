@@ -24,11 +24,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from engine.device import check_device
 from engine.errors import UserError
 from engine.runtime import store as st
 from engine.runtime.sweep.backends import LocalBackend, PoolSpec, RayBackend, WorkerDied, connect, plan_pools
 from engine.runtime.sweep.record import ATTR, bind_store, json_safe, make_record
 from engine.runtime.sweep.sweepfile import Sweep, load_sweep
+from engine.runtime.sweep.worker import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,8 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     sw = load_sweep(sweep)
+    if local:  # the in-process worker's device is this machine's: check it before the store exists
+        check_device(pick_device(sw.device))
     out_s = str(out) if st.is_url(out) else str(Path(out).expanduser().resolve())
     record = make_record(sw)
     root = st.open_store(out_s, "a")

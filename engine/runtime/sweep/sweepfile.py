@@ -52,6 +52,7 @@ from engine import attacks
 from engine import data as data_mod
 from engine.config import TYPE_NAMES, Config, is_a, read_toml
 from engine.errors import UserError
+from engine.runtime import store as st
 from engine.runtime.runspec import RunSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -93,8 +94,7 @@ class ModelEntry(Config):
     def validate(self) -> None:
         if self.key is None:
             object.__setattr__(self, "key", Path(self.checkpoint).stem)
-        if not self.key or "/" in self.key:
-            raise UserError(f"key must be a non-empty name without '/', got {self.key!r}")
+        st.check_name(self.key, "key")
 
 
 # [protocol]: every RunSpec field but those naming what is attacked and how, so a new protocol

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from engine.device import check_device
 from engine.errors import UserError
 from engine.runtime import runner
 from engine.runtime import store as st
@@ -41,7 +42,7 @@ class SweepWorker:
         self.root = st.open_store(store, "a")
         self.models = models
         self.runs = [(int(r["model"]), RunSpec.from_dict(r["spec"])) for r in runs]
-        self.device = _pick_device(device)
+        self.device = check_device(pick_device(device))
         self.pool_workers = pool_workers
         self.plans: dict[int, Any] = {}
         self.ctx: dict[str, Any] = {}
@@ -99,7 +100,7 @@ class SweepWorker:
         return True
 
 
-def _pick_device(device: str) -> str:
+def pick_device(device: str) -> str:
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
