@@ -372,6 +372,11 @@ def test_nuswide_tags_and_official_splits(tmp_path):
     assert not {p.name for p in te.paths} & {p.name for p in st.paths}
     with pytest.raises(UserError, match="unknown split 'test'.*valid: study-train, study-test, train, val"):
         nuswide.load(root, split="test")
+    # The CSV's own name may not leave the data root either (its rows already may not).
+    (tmp_path / "outside.csv").write_text((root / nuswide.CSV_NAME).read_text())
+    for bad in ("../outside.csv", str(tmp_path / "outside.csv")):
+        with pytest.raises(UserError, match="expected a file name inside the data root"):
+            nuswide.load(root, split="train", csv_name=bad)
 
 
 def test_nuswide_malicious_label_is_rejected_not_run(tmp_path):

@@ -117,7 +117,10 @@ def load(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: folder does not exist; expected a NUS-WIDE folder with {CSV_NAME} and images/")
-    rows = _read_rows(root, root / csv_name)
+    name = PurePosixPath(str(csv_name).replace("\\", "/"))
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        raise UserError(f"csv_name {csv_name!r}: expected a file name inside the data root {root}")
+    rows = _read_rows(root, root / name)
     official = sorted({s for s, _ in rows if s})
     check_split("nuswide", split, (*STUDY_SPLITS, *official))
     if split in STUDY_SPLITS:
