@@ -30,6 +30,8 @@ BAD_ATTACK = [
     (["--param", "iterations=2.5"], "iterations must be an integer, got 2.5"),
     (["--param", "rand_init=3"], "rand_init must be true or false, got 3"),
     (["--param", "eps=-1"], "eps must be >= 0"),
+    (["--param", "eps=inf"], "eps must be a finite number, got inf"),
+    (["--param", "step=nan"], "step must be a finite number, got nan"),
     (["--order", "random"], "unknown order 'random'"),
     (["--chunk-size", "0"], "chunk_size must be >= 1"),
     (["--target", "reduction"], "needs target_label"),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,12 @@ class AttackConfig(Config):
     prob_clamp: float = 1e-6  # the released code clamps probabilities to [1e-6, 1 - 1e-6]
 
     def validate(self) -> None:
+        # An infinite or NaN budget, step or constant never means "unbounded" here: it turns every
+        # perturbation into inf/NaN and every sample into a failure, so it is refused up front.
+        for name, t in self.schema().items():
+            v = getattr(self, name)
+            if t is float and isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"{name} must be a finite number, got {v}")
         if self.loss not in losses.LOSSES:
             raise UserError(f"unknown loss {self.loss!r}; valid: {', '.join(losses.LOSSES)}")
         if not 0 <= self.prob_clamp < 0.5:
