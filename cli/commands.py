@@ -34,6 +34,10 @@ def _data_kw(a: argparse.Namespace) -> dict:
     kw = {"allow_missing": a.allow_missing}
     if a.split_seed is not None:
         kw["seed"] = a.split_seed
+    if a.annotations != "auto":
+        kw["source"] = a.annotations
+    if a.difficult is not None:
+        kw["difficult"] = a.difficult
     return kw
 
 
@@ -109,7 +113,7 @@ def cmd_attack(a: argparse.Namespace) -> None:
     params.update(_parse_params(a.param))
     res = attack_checkpoint(a.checkpoint, a.attack, a.out, preset=a.preset, target=a.target,
                             target_label=a.target_label, params=params, n=a.n, seed=a.seed, order=a.order,
-                            dataset=a.dataset, root=a.root, split=a.split, chunk_size=a.chunk_size,
+                            rounding=a.rounding, dataset=a.dataset, root=a.root, split=a.split, chunk_size=a.chunk_size,
                             batch_size=a.batch_size, early_exit=a.early_exit, save_adv=a.save_adv, device=a.device,
                             model_key=a.model_key, workers=a.workers, progress=not a.no_progress, compile=a.compile,
                             **_checkpoint_kw(a), **_data_kw(a))

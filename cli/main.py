@@ -29,6 +29,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="go on without unusable samples (missing images, bad label lines), reporting them")
     p.add_argument("--split-seed", type=int, help="seed of the study's 80/20 split (VOC2012, NUS-WIDE; default 0)")
+    p.add_argument("--annotations", default="auto", choices=("auto", "txt", "xml", "csv", "instances", "mlgcn"),
+                   help="annotation files to read: VOC csv | txt | xml, COCO instances | mlgcn (default: auto, "
+                        "whichever is found)")
+    p.add_argument("--difficult", choices=("positive", "negative"),
+                   help="VOC: a class shown only by difficult objects counts as present (default, ML-GCN's "
+                        "training) or absent (the study's attack scripts)")
 
 
 def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -105,7 +111,8 @@ def _attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with an [attack] table of parameter values")
     p.add_argument("--n", type=int, help="samples (default: the preset's protocol default, mostly 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--order", default="seeded", help="seeded | first (the released code's first N)")
+    p.add_argument("--order", help="seeded | first (default: the preset's; released: first, as the code)")
+    p.add_argument("--rounding", help="ceil | floor for expLabels (default: the preset's; released: floor)")
     p.add_argument("--dataset")
     p.add_argument("--root")
     p.add_argument("--split")

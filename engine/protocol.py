@@ -8,18 +8,82 @@
    being l. (The released code uses int(avgLabels + 2^n), a floor: ``rounding="floor"``.)
 4. Success at level n: the attacked prediction shows at least expLabels(n) labels. One attack pass
    gives the whole row, from label counts.
+
+Two sets of rules (:func:`rules`). ``released`` scores as the study's released code does (its
+``src/demo_<model>_<data>.py``): the first correctly predicted samples of the split in file order,
+``int()`` (floor) on the ladder, avgLabels over every selected sample (the code's ``y.npy``) even
+where it scores only the first 200 (:data:`RELEASED_CELLS`). Every other preset (``paper`` and the
+shortened demo presets) follows the text: a seeded draw, the ceiling of Eq. 3, and one avgLabels
+per (model, data set), over the study's 1000 protocol samples, so that every attack of a data set
+is scored against the same ladder (MLA-LP's 200 included).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from engine.errors import UserError
+
+PROTOCOL_N = 1000  # the study's samples per (model, data set): the basis of avgLabels under the text
+ROUNDINGS = ("ceil", "floor")
+ORDERS = ("seeded", "first")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What the released code does for one (model, data set): how many correctly predicted samples
+    it selects (avgLabels is their mean label count), how many of them it scores, and its attack
+    batch (which ML-CW's batch-wide early abort and MLA-LP's shared thresholds depend on)."""
+
+    selected: int = PROTOCOL_N
+    scored: int = PROTOCOL_N
+    batch: int = 10  # --adv_batch_size's default
+
+
+# src/demo_<model>_<data>.py of the study's code: ML-GCN on VOC scores adv[0:200] of its 1000
+# (avgLabels still over all 1000); ML-LIW stops at 200 on COCO (count < 200) and keeps y[0:200] on
+# NUS-WIDE; the VOC2012 demos change --adv_batch_size (ML-GCN 2, ML-LIW 32).
+RELEASED_CELLS: dict[tuple[str, str], Cell] = {
+    ("mlgcn", "voc2007"): Cell(scored=200),
+    ("mlgcn", "voc2012"): Cell(scored=200, batch=2),
+    ("mlgcn", "nuswide"): Cell(),
+    ("mlgcn", "coco"): Cell(),
+    ("mlliw", "voc2007"): Cell(),
+    ("mlliw", "voc2012"): Cell(batch=32),
+    ("mlliw", "nuswide"): Cell(selected=200, scored=200),
+    ("mlliw", "coco"): Cell(selected=200, scored=200),
+}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a preset picks and scores samples (the defaults of a run's ``order`` and ``rounding``)."""
+
+    order: str
+    rounding: str
+    released: bool  # the code's cells (sample counts, avgLabels basis, batch) rather than the text's
+
+
+def rules(preset: str) -> Rules:
+    if preset == "released":
+        return Rules(order="first", rounding="floor", released=True)
+    return Rules(order="seeded", rounding="ceil", released=False)
+
+
+def cell(family: str, dataset: str) -> Cell:
+    """The released code's cell; data sets it never ran (the demo, your own) get its defaults."""
+    return RELEASED_CELLS.get((family, dataset), Cell())
+
+
+def avg_labels_basis(preset: str, family: str, dataset: str) -> int:
+    """How many of the selected samples avgLabels is the mean over (see the module docstring)."""
+    return cell(family, dataset).selected if rules(preset).released else PROTOCOL_N
 
 
 def max_level(num_labels: int, avg_labels: float) -> int:
@@ -30,8 +94,8 @@ def max_level(num_labels: int, avg_labels: float) -> int:
 
 def exp_labels(num_labels: int, avg_labels: float, rounding: str = "ceil") -> list[int]:
     """The expLabels ladder for n = 0 .. ceil(log2(l - avgLabels)) (Eq. 3)."""
-    if rounding not in ("ceil", "floor"):
-        raise UserError(f"unknown rounding {rounding!r}; valid: ceil, floor")
+    if rounding not in ROUNDINGS:
+        raise UserError(f"unknown rounding {rounding!r}; valid: {', '.join(ROUNDINGS)}")
     top = max_level(num_labels, avg_labels)
     rnd = math.ceil if rounding == "ceil" else math.floor
     ladder = [min(rnd(avg_labels + 2**n), num_labels) for n in range(top)]
@@ -66,6 +130,6 @@ def select(candidates: np.ndarray, n: int, seed: int, order: str = "seeded") -> 
     if order == "first" or len(candidates) <= n:
         return np.sort(candidates)[:n]
     if order != "seeded":
-        raise UserError(f"unknown sample order {order!r}; valid: seeded, first")
+        raise UserError(f"unknown sample order {order!r}; valid: {', '.join(ORDERS)}")
     rng = np.random.default_rng([seed, 104729])
     return np.sort(rng.choice(candidates, size=n, replace=False))

@@ -61,8 +61,17 @@ def _label(row: dict) -> str:
     return t
 
 
+def _ladder_note(r: dict) -> str:
+    rnd = "int(), floor" if r["rounding"] == "floor" else "ceil"
+    how = "first" if r["order"] == "first" else "seeded"
+    return f"{rnd}; avgLabels {r['avg_labels']:.3f} over {r['avg_labels_samples']} {how} samples"
+
+
 def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
-    """Tables 2/3 in the study's layout, one table per ladder length; best value per block in bold."""
+    """Tables 2/3 in the study's layout, one table per ladder length; best value per block in bold.
+
+    A block is one (model, data set, ladder): runs scored by other rules (the ``released`` preset's
+    floor, another avgLabels) get a block of their own, under the ladder they were scored with."""
     show = sorted((r for r in rows if r["target"] == "show-many"), key=_order)
     by_len: dict[int, list[dict]] = {}
     for r in show:
@@ -73,8 +82,9 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
         out += [head, "|" + "---|" * (k + 4)]
         blocks: dict[tuple, list[dict]] = {}
         for r in rs:
-            blocks.setdefault((r["model_key"], r["dataset"]), []).append(r)
-        for (mk, ds), br in blocks.items():
+            key = (r["model_key"], r["dataset"], tuple(r["exp_labels"]), r["rounding"], r["avg_labels"])
+            blocks.setdefault(key, []).append(r)
+        for (mk, ds, *_), br in blocks.items():
             best = [max(r[which][i] for r in br) for i in range(k)]
             ladder = br[0]["exp_labels"]
             for j, r in enumerate(br):
@@ -82,11 +92,12 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
                 for i, v in enumerate(r[which]):
                     cell = f"{v:.3f}"
                     cells.append(f"**{cell}**" if v == best[i] and v > 0 else cell)
-                nn = f"{r['n']}" + (f" of {r['n_requested']} asked" if r["n"] < r["n_requested"] else "")
+                nn = f"{r['n']} {'first' if r['order'] == 'first' else 'seeded'}" + (
+                    f" of {r['n_requested']} asked" if r["n"] < r["n_requested"] else "")
                 name = MODEL_NAMES.get(r["model"], r["model"]) + ("" if mk == r["model"] else f" ({mk})")
                 lead = f"| {name} | {ds} " if j == 0 else "| | "
                 out.append(f"{lead}| {_label(r)} | " + " | ".join(cells) + f" | {nn} |")
-            out.append("| | | *expLabels* | " + " | ".join(str(v) for v in ladder) + " | |")
+            out.append(f"| | | *expLabels* ({_ladder_note(br[0])}) | " + " | ".join(str(v) for v in ladder) + " | |")
         out.append("")
     other = sorted((r for r in rows if r["target"] != "show-many"), key=_order)
     if other:
@@ -109,7 +120,9 @@ def long_rows(rows: list[dict]) -> list[dict]:
                 out.append({"model": r["model"], "model_key": r["model_key"], "dataset": r["dataset"],
                             "attack": r["attack"], "preset": r["preset"], "target": r["target"],
                             "semantics": r["semantics"], "count": sem, "n": n, "exp_labels": exp,
-                            "success_rate": v, "samples": r["n_eligible"], "samples_requested": r["n_requested"]})
+                            "success_rate": v, "samples": r["n_eligible"], "samples_requested": r["n_requested"],
+                            "order": r["order"], "rounding": r["rounding"], "avg_labels": r["avg_labels"],
+                            "avg_labels_samples": r["avg_labels_samples"]})
     return out
 
 

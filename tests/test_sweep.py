@@ -321,6 +321,15 @@ def test_shipped_sweep_files_parse():
     assert {r.spec.preset for r in demo.runs if r.spec.attack == "mlcw"} == {"demo"}
     # Relative paths resolve against the folder above the file's folder: the repository root.
     assert demo.models[0].checkpoint == str(REPO / "runs/demo/ckpt/mlgcn.pt")
+    rel = sw.load_sweep(REPO / "sweeps/released.toml", datasets=["voc2007", "voc2012", "nuswide", "coco"],
+                        check_files=False)
+    assert len(rel.models) == 8 and {r.spec.preset for r in rel.runs} == {"released"}
+    assert {(r.spec.order, r.spec.rounding) for r in rel.runs} == {("first", "floor")}
+    assert {m.split for m in rel.models} == {"val", "val2014"}
+    voc = [m for m in rel.models if m.dataset.startswith("voc")]
+    assert all(m.load_kw() == {"difficult": "negative", "source": "csv"} for m in voc)
+    # ML-CW and MLA-LP run in the code's batches (10, 2, 32): their shards must hold whole batches.
+    assert all(r.spec.chunk_size % 160 == 0 for r in rel.runs if r.spec.attack in ("mlcw", "mlalp"))
 
 
 def test_foreign_store_is_refused(grid, reference, tmp_path, trained):

@@ -7,16 +7,25 @@ Variable w in tanh space: x' = (tanh(w + atanh((2x - 1) * 0.999999)) + 1) / 2. L
     ||x' - x~||_2^2 + c * sum_k max(0, -y*_k (sigmoid(z_k(x')) - 0.5)),   y* in {-1, 1}
 
 (x~ = the tanh-space reconstruction of x.) Adam, lr 0.01, ``iterations`` steps per binary-search
-step; every iterations/10 steps a sample whose loss did not fall below 0.9999 x its previous check
-stops for that step. Binary search over c per sample (``binary_steps`` = 10, initial 1e5): after a
-step that reached y*, c <- (lo + up)/2 with up = c; otherwise lo = c and c <- (lo + up)/2 if an
-upper bound is known, else c x 10. With >= 10 steps the last one runs at c = up, as in the code.
-Kept: the iterate with most labels matching y*, ties broken by the smaller L2 distance.
+step. Binary search over c per sample (``binary_steps`` = 10, initial 1e5): after a step that
+reached y*, c <- (lo + up)/2 with up = c; otherwise lo = c and c <- (lo + up)/2 if an upper bound
+is known, else c x 10. Kept: the iterate with most labels matching y*, ties broken by the smaller
+L2 distance. Two places where the released code (``released``) differs from Carlini & Wagner's
+original, which ``paper`` follows:
 
-One deliberate change: the code stops *the whole batch* when the batch's summed loss stalls; here
-each sample stops on its own loss, so a sample's result does not depend on its batch-mates (for a
-batch of one the two agree). ``demo`` shortens the search (4 x 100) so that the embedded demo
-runs on two CPU cores; it is not the study's setting.
+- Last step. C&W's ``repeat`` runs the last of >= 10 steps at c = up (``repeat_at_upper``). The
+  released code builds its constant tensor first and only then rebinds the name to the upper
+  bound, so its last step runs at the bisected c: ``released`` does that.
+- Early abort, every iterations/10 steps. ``abort = "sample"``: a sample whose loss did not fall
+  below 0.9999 x its previous check stops for that step (after its iterate is recorded), so its
+  result does not depend on its batch-mates. ``abort = "batch"`` (``released``): the code compares
+  the batch's summed loss (float64) and stops *the whole batch* before recording that iterate;
+  one hopeless sample whose c reached 1e10 stops its batch at iteration 0 of every later step. The
+  results then depend on the batch, so the runtime attacks in the code's batches under
+  ``released`` (``AttackSpec.code_batch``).
+
+``demo`` shortens the search (4 x 100) so that the embedded demo runs on two CPU cores; it follows
+the ``paper`` rules and is not the study's setting.
 Norm: L2 (unbounded). Shapes: x [B,3,H,W] in [0,1].
 """
 
@@ -28,6 +37,7 @@ import torch
 
 from engine.attacks.driver import finalize
 from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.errors import UserError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +47,13 @@ class MLCWConfig(AttackConfig):
     lr: float = 0.01
     initial_const: float = 1e5
     abort_early: bool = True
+    abort: str = "sample"  # sample | batch (the released code's; see the module docstring)
+    repeat_at_upper: bool = True  # C&W: the last of >= 10 steps runs at the upper bound
+
+    def validate(self) -> None:
+        super().validate()
+        if self.abort not in ("sample", "batch"):
+            raise UserError(f"abort must be sample or batch, got {self.abort!r}")
 
 
 def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
@@ -55,9 +72,12 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
     bad_iter = torch.full((B,), -1, dtype=torch.long, device=dev)
     iters = torch.zeros(B, dtype=torch.long, device=dev)
     check = max(cfg.iterations // 10, 1)
+    trace = ctx.get("trace") if isinstance(ctx, dict) else None  # tests: c per binary step
     for bstep in range(cfg.binary_steps):
-        if cfg.binary_steps >= 10 and bstep == cfg.binary_steps - 1:
+        if cfg.repeat_at_upper and cfg.binary_steps >= 10 and bstep == cfg.binary_steps - 1:
             const = upper.clone()
+        if trace is not None:
+            trace.append(const.tolist())
         c = const.float()
         mod = torch.zeros_like(x0, requires_grad=True)
         opt = torch.optim.Adam([mod], lr=cfg.lr)
@@ -65,6 +85,7 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
         best_l2 = torch.full((B,), 1e10, device=dev)
         best_hit = torch.zeros(B, dtype=torch.bool, device=dev)
         prev = torch.full((B,), 1e10, device=dev)
+        prev_sum = 1e10
         running = eligible & (bad_iter < 0)
         for it in range(cfg.iterations):
             if not bool(running.any()):
@@ -79,6 +100,12 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
                 (loss * running).sum().backward()
             keep = mod.detach().clone()
             opt.step()
+            if cfg.abort_early and cfg.abort == "batch" and it % check == 0:
+                # The code's check: the batch's summed loss in float64, before this iterate is recorded.
+                total = float((l2.detach().double() + const * hinge.detach().double())[running].sum())
+                if total > prev_sum * 0.9999:
+                    break
+                prev_sum = total
             with torch.no_grad():
                 mod[~running] = keep[~running]  # stopped samples stay where they stopped
                 logits, loss, l2 = logits.detach(), loss.detach(), l2.detach()
@@ -97,7 +124,7 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
                 o_best_l2 = torch.where(o_better, l2, o_best_l2)
                 o_best_x = torch.where(o_better.view(-1, 1, 1, 1), xn.detach(), o_best_x)
                 running = running & finite
-                if cfg.abort_early and it % check == 0:
+                if cfg.abort_early and cfg.abort == "sample" and it % check == 0:
                     running = running & ~(loss > prev * 0.9999)
                     prev = torch.where(running, loss, prev)
         # Binary search on c from this step's best (success = every label matches y*).
@@ -110,10 +137,11 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
 
 
 register(AttackSpec(
-    name="mlcw", title="ML-CW", config=MLCWConfig, norm="l2", run=run, doc=__doc__,
+    name="mlcw", title="ML-CW", config=MLCWConfig, norm="l2", run=run, doc=__doc__, code_batch=("released",),
     presets={
         "paper": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5},
-        "released": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5},
+        "released": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5, "abort": "batch",
+                     "repeat_at_upper": False},
         "demo": {"binary_steps": 4, "iterations": 100, "lr": 0.01, "initial_const": 1e5},
     },
 ))

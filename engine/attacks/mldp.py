@@ -5,12 +5,16 @@ Per iteration, for every sample not yet at the target: W = Jacobian of the sigmo
 (l x d); labels whose gradient is all zero are dropped; the minimum-L2 step that puts every
 remaining label on the 0.5 boundary of the linearisation is dr = W^T (W W^T)^-1 (0.5 - f) (the
 study's Eq. 9 with equality, solved greedily); r_total += dr and x = clip(x + (1 + overshoot)
-r_total). The iterate with the most labels matching y* is kept (ties: the smaller perturbation;
-the code compares image norms, evidently meaning perturbation norms). A sample whose W W^T is
-singular skips that iteration, as in the code; so does one whose step overflows float32.
+r_total). The iterate with the most labels matching y* is kept; ties go to the smaller
+perturbation ``tie_break = "perturbation"``) or, as the released code does, to the smaller norm of
+the adversarial *image* itself (``"image"``: a darker image wins, so a sample that made no progress
+can come back perturbed). r_total is float32, or float64 as in the code (``accumulate``). A sample
+whose W W^T is singular skips that iteration, as in the code; so does one whose step overflows
+float32 (not reproduced: the code's inverse then poisons r_total with NaN for good).
 
 Presets: ``paper`` follows the original papers (Song et al. adapt DeepFool, whose overshoot is
-0.02; 20 iterations); ``released`` is the code (overshoot 0: it is commented out there).
+0.02; 20 iterations); ``released`` is the code (overshoot 0: it is commented out there; image-norm
+ties; float64 accumulation).
 Norm: L2 (unbounded). Shapes: x [B,3,H,W] in [0,1].
 """
 
@@ -22,12 +26,22 @@ import torch
 
 from engine.attacks.driver import finalize, jacobian
 from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.errors import UserError
 
 
 @dataclass(frozen=True, kw_only=True)
 class MLDPConfig(AttackConfig):
     iterations: int = 20
     overshoot: float = 0.02
+    tie_break: str = "perturbation"  # perturbation | image (the released code's)
+    accumulate: str = "float32"  # float32 | float64 (the released code's r_total)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.tie_break not in ("perturbation", "image"):
+            raise UserError(f"tie_break must be perturbation or image, got {self.tie_break!r}")
+        if self.accumulate not in ("float32", "float64"):
+            raise UserError(f"accumulate must be float32 or float64, got {self.accumulate!r}")
 
 
 def _matched(logits: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
@@ -41,7 +55,7 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
         z0 = model(x0)
     best_x, best_m = x0.clone(), _matched(z0, y_star)
     best_counts = (z0 >= 0).sum(1)
-    r_tot = torch.zeros_like(x0)
+    r_tot = torch.zeros_like(x0, dtype=torch.float64 if cfg.accumulate == "float64" else x0.dtype)
     x = x0.clone()
     iters = torch.zeros(B, dtype=torch.long, device=x0.device)
     bad_iter = torch.full((B,), -1, dtype=torch.long, device=x0.device)
@@ -67,15 +81,16 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
         # A near-singular W W^T (saturated sigmoids have gradients ~1e-7) gives steps that overflow
         # float32; such a step is skipped like a singular one, instead of poisoning r_total.
         solved = (info == 0) & torch.isfinite(alpha).all(2).all(1) & finite & torch.isfinite(dr).flatten(1).all(1)
-        r_tot[idx] += torch.where(solved.view(-1, 1, 1, 1), dr, torch.zeros_like(dr))
-        x[idx] = (x0[idx] + (1 + cfg.overshoot) * r_tot[idx]).clamp(0, 1)
+        r_tot[idx] += torch.where(solved.view(-1, 1, 1, 1), dr, torch.zeros_like(dr)).to(r_tot.dtype)
+        x[idx] = (x0[idx] + (1 + cfg.overshoot) * r_tot[idx]).clamp(0, 1).to(x.dtype)
         with torch.no_grad():
             z = model(x[idx])
         m = _matched(z, y_star[idx])
         iters[idx] += 1
         best_counts[idx] = torch.maximum(best_counts[idx], (z >= 0).sum(1))
-        dn = (x[idx] - x0[idx]).flatten(1).norm(dim=1)
-        bn = (best_x[idx] - x0[idx]).flatten(1).norm(dim=1)
+        ref = 0 if cfg.tie_break == "image" else x0[idx]
+        dn = (x[idx] - ref).flatten(1).norm(dim=1)
+        bn = (best_x[idx] - ref).flatten(1).norm(dim=1)
         better = (m > best_m[idx]) | ((m == best_m[idx]) & (dn < bn))
         better &= torch.isfinite(z).all(1)
         best_x[idx] = torch.where(better.view(-1, 1, 1, 1), x[idx], best_x[idx])
@@ -87,5 +102,6 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
 
 register(AttackSpec(
     name="mldp", title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__, jacobian=True,
-    presets={"paper": {"iterations": 20, "overshoot": 0.02}, "released": {"iterations": 20, "overshoot": 0.0}},
+    presets={"paper": {"iterations": 20, "overshoot": 0.02},
+             "released": {"iterations": 20, "overshoot": 0.0, "tie_break": "image", "accumulate": "float64"}},
 ))

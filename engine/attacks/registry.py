@@ -60,6 +60,9 @@ class AttackSpec:
     # Traits: what the runtime and the sweep scheduler need to know, so that they never name an attack.
     jacobian: bool = False  # each step takes the l x d Jacobian (l backward passes): sizes the batch
     cpu_bound: bool = False  # the cost is CPU solver work, not the model: sweeps route it to CPU actors
+    # Presets under which a sample's result depends on its batch-mates (the released code's batch-wide
+    # rules): the runtime then attacks in the code's batches (engine.protocol.Cell.batch).
+    code_batch: tuple[str, ...] = ()
     # Process-wide helpers the attack reads from ``ctx[key]``: key -> factory(workers, threads per
     # worker or None: the machine's cores shared out). The runtime creates each once per process
     # when it is given workers (``sml attack --workers``, a sweep actor's CPU share) and closes it

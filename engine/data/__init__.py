@@ -50,11 +50,28 @@ def load(name: str, *, root: str | Path, split: str | None = None, size: int | N
     ``allow_missing``: proceed without unusable samples (missing images, unreadable labels), which are
     then counted in the data set's ``.skipped``, instead of raising. Loaders that cannot skip anything
     (the demo) do not take it.
+
+    ``source``: which annotation files to read (``sml --annotations``); each loader's ``SOURCES`` lists
+    what it reads (VOC: auto, csv, txt, xml; COCO: auto, instances, mlgcn); loaders of a single format
+    accept only ``"auto"``. Checked here, so that every data set answers a wrong value the same way.
     """
     meta = info(name)
     module = importlib.import_module(meta.module)
     kw = {**dict(meta.options), **kw}
-    if "allow_missing" in inspect.signature(module.load).parameters:
+    params = inspect.signature(module.load).parameters
+    if "source" in kw:
+        valid = getattr(module, "SOURCES", ("auto",))
+        if kw["source"] not in valid:
+            raise UserError(f"annotation source (--annotations) {kw['source']!r} is not valid for data set "
+                            f"{name!r}; valid: {', '.join(valid)}")
+        if "source" not in params:
+            del kw["source"]
+    unknown = sorted(k for k in kw if k not in params)
+    if unknown:
+        valid = [k for k in params if k not in ("root", "split", "size", "allow_missing", "source")]
+        raise UserError(f"data set {name!r} takes no option {', '.join(map(repr, unknown))}; its options: "
+                        f"{', '.join(valid) or 'none'}")
+    if "allow_missing" in params:
         kw["allow_missing"] = allow_missing
     return module.load(Path(root).expanduser(), split=split or meta.test_split, size=size or meta.size, **kw)
 

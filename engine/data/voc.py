@@ -1,6 +1,7 @@
-"""PASCAL VOC 2007 and 2012 from a local VOCdevkit (nothing is downloaded).
+"""PASCAL VOC 2007 and 2012 from local files (nothing is downloaded): the official VOCdevkit, or the
+classification CSVs that the ML-GCN repository writes and the study's repository ships.
 
-Layout (as the official tarballs extract)::
+Official layout (as the tarballs extract)::
 
     VOCdevkit/VOC2007/JPEGImages/000005.jpg
     VOCdevkit/VOC2007/ImageSets/Main/aeroplane_trainval.txt   lines "000005 -1", "000007  1", "000009  0"
@@ -8,26 +9,56 @@ Layout (as the official tarballs extract)::
     VOCdevkit/VOC2007/Annotations/000005.xml                  <object><name>chair</name><difficult>0</difficult>
     VOCdevkit/VOC2012/...                                     the same for 2012 (ids like 2008_000008)
 
-``root`` may be the ``VOCdevkit`` folder or the ``VOC2007`` / ``VOC2012`` folder itself.
+Classification CSVs ``classification_<split>.csv`` (``train``, ``val``, ``trainval``; VOC2007 also
+``test``): a header ``name,aeroplane,...,tvmonitor`` then one row per image, e.g.
+``2008_000043,-1,...,1,...,0,...`` with the same values as the per-class txt files (1 / -1 / 0 =
+difficult), rows in the order of ``aeroplane_<split>.txt``. They are found (first match wins) in
 
-Labels. With ``source="txt"`` they come from the per-class files ``ImageSets/Main/<class>_<split>.txt``
-(1 positive, -1 negative, 0 "difficult": the class appears only as difficult objects). With
-``source="xml"`` they come from ``Annotations/<id>.xml`` (the object names and their ``<difficult>``
-flags, only direct ``<object>`` children: the person-layout ``<part>`` names are not labels) for the
-ids in ``ImageSets/Main/<split>.txt``; both give the same labels. ``source="auto"`` (default) uses the
-txt files when all 20 exist, else the XML files.
+- ``ROOT/``: the study's repository (``data/VOC2012/classification_val.csv``), or any folder holding them
+  (not one named for another year: ``VOC2012/`` for VOC2007);
+- ``ROOT/files/VOC<year>/``: where the ML-GCN repository writes them;
+- above a ``VOCdevkit`` or ``VOC<year>`` folder given as ROOT: ``../files/VOC<year>/`` (ML-GCN's, from
+  ``VOCdevkit`` or ``VOCdevkit/VOC<year>``), and the parent itself when it is named ``VOC<year>`` (the
+  study's ``data/VOC2012/`` above its ``VOC2012/`` subfolder). CSV names carry no year, so no other
+  folder is searched.
+
+The image folder is the first of these (C: the CSV's folder) that holds the CSV's first image, else
+the first that exists: ``TOP/VOCdevkit/VOC<year>/JPEGImages`` when C is ``TOP/files/VOC<year>``
+(ML-GCN), ``C/VOC2007/files/test`` (VOC2007 ``test`` only: the study's test images),
+``C/VOC<year>/files/JPEGImages`` (the study's ``data/data_voc.py`` for VOC2007), ``C/files/JPEGImages``
+(the same for VOC2012), ``C/VOCdevkit/VOC<year>/JPEGImages``, ``C/VOC<year>/JPEGImages`` and
+``C/JPEGImages``. Class columns are matched by name (they must be exactly VOC's 20); rows keep the file's
+order (the released code takes the first N correctly classified images of it). VOC2007 names of fewer
+than 6 digits are zero-padded (``5`` -> ``000005``), as ML-LIW's loader does for CSVs saved by a
+spreadsheet.
+
+``root`` may be the ``VOCdevkit`` folder, the ``VOC2007`` / ``VOC2012`` folder itself, or the folder
+holding the CSVs.
+
+Labels. ``source="csv"``: from the CSVs above. ``source="txt"``: from the per-class files
+``ImageSets/Main/<class>_<split>.txt`` (1 positive, -1 negative, 0 "difficult": the class appears only
+as difficult objects). ``source="xml"``: from ``Annotations/<id>.xml`` (the object names and their
+``<difficult>`` flags, only direct ``<object>`` children: the person-layout ``<part>`` names are not
+labels) for the ids in ``ImageSets/Main/<split>.txt``. All three give the same labels. ``source="auto"``
+(default) takes the CSVs when every CSV the split needs is found (``train`` and ``val`` for the
+``study-*`` splits), else the txt files when all 20 exist, else the XML files. CSVs come first because
+they are the files the study's code reads, so their row order is the one its first-N selection saw;
+they are written from the txt files, which are derived from the XML files, so where several exist the
+labels agree.
 
 Difficult. ``difficult="positive"`` (default) counts a class shown only by difficult objects as
 present, as the ML-GCN repository does when it trains (it turns 0 into 1); ``"negative"`` counts it
-absent. An "ignore" option is not offered: the {0,1} label matrix has no third state.
+absent (what the study's attack and evaluation scripts do: they map only -1 to 0). An "ignore" option
+is not offered: the {0,1} label matrix has no third state.
 
 Splits: VOC2007 ``trainval`` (the study's train) / ``test``, and ``train`` / ``val``; VOC2012 the study's
-seeded ``study-train`` / ``study-test`` (see :mod:`engine.data.split`), and the official ``train`` /
-``val`` / ``trainval``.
+seeded ``study-train`` / ``study-test`` (see :mod:`engine.data.split`; the same ids, so the same split,
+whichever source), and the official ``train`` / ``val`` / ``trainval``.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -50,12 +81,19 @@ SPLITS = {
     2012: (*STUDY_SPLITS, "train", "val", "trainval"),
 }
 DIFFICULT = ("positive", "negative")
-SOURCES = ("auto", "txt", "xml")
+SOURCES = ("auto", "csv", "txt", "xml")
 _VALUES = {"-1": -1, "0": 0, "1": 1}
 
 
-def resolve_root(root: Path, year: int) -> Path:
-    """The ``VOC<year>`` folder, given it or the ``VOCdevkit`` folder above it."""
+def csv_name(split: str) -> str:
+    return f"classification_{split}.csv"
+
+
+def resolve_root(root: Path, year: int, also: str = "") -> Path:
+    """The ``VOC<year>`` folder, given it or the ``VOCdevkit`` folder above it.
+
+    ``also``: what else was looked for (the CSVs, with ``source="auto"``), for the error message.
+    """
     folder = f"VOC{year}"
     if not root.is_dir():
         raise UserError(f"{root}: folder does not exist; expected a VOCdevkit folder (holding {folder}/) "
@@ -67,7 +105,7 @@ def resolve_root(root: Path, year: int) -> Path:
     if any((root / d).is_dir() for d in ("ImageSets", "Annotations", "JPEGImages")):
         return root
     raise UserError(f"{root}: neither a VOCdevkit folder (no {folder}/ inside) nor a {folder} folder "
-                    f"(no ImageSets/, Annotations/ or JPEGImages/ inside)")
+                    f"(no ImageSets/, Annotations/ or JPEGImages/ inside){also}")
 
 
 def _check_class_files(main: Path, split: str) -> None:
@@ -161,7 +199,124 @@ def _from_xml(base: Path, split: str, difficult: str) -> list[Record]:
     return records
 
 
-def _read_split(base: Path, split: str, source: str, difficult: str) -> list[Record]:
+# ---------------------------------------------------------------- classification CSVs
+
+
+def _csv_folders(root: Path, year: int) -> list[Path]:
+    """Where ``classification_<split>.csv`` may be, in order (see the module docstring).
+
+    The CSVs' names do not say the year, so a folder is only taken for the year it belongs to: ROOT
+    unless it is named for another year, a folder above ROOT only when named ``VOC<year>``.
+    """
+    v = f"VOC{year}"
+    other = re.fullmatch(r"VOC\d{4}", root.name) is not None and root.name != v
+    out = [] if other else [root]
+    out.append(root / "files" / v)
+    if root.name in ("VOCdevkit", v):
+        up = root.absolute().parent
+        ups = [up, up.parent] if root.name == v and up.name == "VOCdevkit" else [up]
+        for top in ups:
+            out += [top] if top.name == v else []
+            out.append(top / "files" / v)
+    return list(dict.fromkeys(out))
+
+
+def _looked_for(root: Path, year: int, parts: tuple[str, ...]) -> str:
+    names = " + ".join(csv_name(p) for p in parts)
+    return f"{names} in {', '.join(str(f) for f in _csv_folders(root, year))}"
+
+
+def find_csvs(root: Path, year: int, parts: tuple[str, ...]) -> list[Path] | None:
+    """The CSVs of the official splits ``parts``, all from one folder; None when no folder has any."""
+    for folder in _csv_folders(root, year):
+        found = [folder / csv_name(p) for p in parts if (folder / csv_name(p)).is_file()]
+        if len(found) == len(parts):
+            return found
+        if found:
+            lacking = [csv_name(p) for p in parts if not (folder / csv_name(p)).is_file()]
+            raise UserError(f"{folder}: has {', '.join(f.name for f in found)} but not {', '.join(lacking)}; the "
+                            f"split needs {' and '.join(csv_name(p) for p in parts)} (or read the VOCdevkit files: "
+                            f"source='txt' or 'xml', --annotations txt|xml)")
+    return None
+
+
+def _image_folders(folder: Path, year: int, split: str) -> list[Path]:
+    """Candidate image folders for the CSVs in ``folder`` (see the module docstring), in order."""
+    v = f"VOC{year}"
+    out = []
+    if folder.name == v and folder.parent.name == "files":
+        out.append(folder.parent.parent / "VOCdevkit" / v / "JPEGImages")  # ML-GCN
+    if year == 2007 and split == "test":
+        out.append(folder / v / "files" / "test")  # the study's VOC2007 test images
+    out += [folder / v / "files" / "JPEGImages", folder / "files" / "JPEGImages",
+            folder / "VOCdevkit" / v / "JPEGImages", folder / v / "JPEGImages", folder / "JPEGImages"]
+    return out
+
+
+def _from_csv(path: Path, year: int, split: str, difficult: str) -> list[Record]:
+    """The records of one classification CSV, in its row order."""
+    positive = {1, 0} if difficult == "positive" else {1}
+    rows: list[tuple[str, np.ndarray | None, str | None, str]] = []  # key, labels, reason, where
+    seen: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next((r for r in reader if r), None)
+            if header is None:
+                raise UserError(f"{path}: empty file; expected a VOC classification CSV with header "
+                                f"name,{','.join(VOC_CLASSES)}")
+            header = [h.strip() for h in header]
+            if header[0] != "name":
+                raise UserError(f"{path}: not a VOC classification CSV: its header starts with {header[0]!r}, "
+                                f"expected name,{','.join(VOC_CLASSES)}")
+            cols = header[1:]
+            unknown = [c for c in cols if c not in VOC_CLASSES]
+            missing = [c for c in VOC_CLASSES if c not in cols]
+            twice = sorted({c for c in cols if cols.count(c) > 1})
+            if unknown or missing or twice:
+                raise UserError(f"{path}: class columns differ from VOC's 20 (class list mismatch): unknown "
+                                f"{unknown or 'none'}, missing {missing or 'none'}"
+                                + (f", repeated {twice}" if twice else ""))
+            at = [header.index(c) for c in VOC_CLASSES]
+            for row in reader:
+                if not row or not any(c.strip() for c in row):
+                    continue
+                where = f"{path.name}:{reader.line_num}"
+                key = row[0].strip()
+                if year == 2007 and key.isdigit() and len(key) < 6:
+                    key = key.zfill(6)
+                if not key or key in (".", "..") or "/" in key or "\\" in key:
+                    rows.append((key or where, None, "bad name values", f"{where} ({row[0]!r})"))
+                    continue
+                if len(row) != len(header):
+                    rows.append((key, None, "lines with the wrong number of fields",
+                                 f"{where} ({len(row)} fields, expected {len(header)})"))
+                    continue
+                if key in seen:
+                    rows.append((key, None, "duplicate entries", f"{where}: {key} (first on line {seen[key]})"))
+                    continue
+                seen[key] = reader.line_num
+                vals = [_VALUES.get(row[j].strip()) for j in at]
+                if None in vals:
+                    j = vals.index(None)
+                    rows.append((key, None, "label values other than 1, -1, 0",
+                                 f"{where} ({VOC_CLASSES[j]} = {row[at[j]]!r})"))
+                    continue
+                rows.append((key, np.array([v in positive for v in vals], dtype=np.uint8), None, where))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read the CSV ({e})") from None
+    candidates = _image_folders(path.parent, year, split)
+    first = next((k for k, _, reason, _ in rows if reason is None), None)
+    images = next((d for d in candidates if first and (d / f"{first}.jpg").is_file()), None)
+    images = images or next((d for d in candidates if d.is_dir()), None)
+    if images is None:
+        raise UserError(f"{path}: no image folder for its rows; expected <name>.jpg in one of "
+                        f"{', '.join(str(d) for d in candidates)}")
+    log.info("VOC%d: labels of split %r from %s, images in %s", year, split, path, images)
+    return [Record(key, images / f"{key}.jpg", labels, reason, where) for key, labels, reason, where in rows]
+
+
+def _read_split(base: Path, split: str, source: str, difficult: str, also: str = "") -> list[Record]:
     """The records of one official split, from the txt files or the XML annotations."""
     main = base / "ImageSets" / "Main"
     files = [main / f"{c}_{split}.txt" for c in VOC_CLASSES]
@@ -182,7 +337,7 @@ def _read_split(base: Path, split: str, source: str, difficult: str) -> list[Rec
             lacking += [str(p) for p in (main / f"{split}.txt", base / "Annotations") if not p.exists()]
             raise UserError(f"{base}: no labels for split {split!r}: expected ImageSets/Main/<class>_{split}.txt "
                             f"for the 20 VOC classes, or ImageSets/Main/{split}.txt plus the Annotations/ folder "
-                            f"(not found: {', '.join(lacking)})")
+                            f"(not found: {', '.join(lacking)}){also}")
     elif source == "txt" and missing:
         raise UserError(f"{missing[0]}: class label file missing ({len(missing)} of 20 missing for split "
                         f"{split!r}); expected ImageSets/Main/<class>_{split}.txt for every VOC class")
@@ -216,14 +371,25 @@ def load(
         raise UserError(f"difficult={difficult!r}; valid: {', '.join(DIFFICULT)}")
     if source not in SOURCES:
         raise UserError(f"source={source!r}; valid: {', '.join(SOURCES)}")
-    base = resolve_root(Path(root).expanduser(), year)
-    if split in STUDY_SPLITS:
-        pooled = _read_split(base, "train", source, difficult) + _read_split(base, "val", source, difficult)
-        records = select_study(pooled, split, seed)
+    root = Path(root).expanduser()
+    parts = ("train", "val") if split in STUDY_SPLITS else (split,)
+    csvs = None
+    if source in ("auto", "csv") and root.is_dir():
+        csvs = find_csvs(root, year, parts)
+        if csvs is None and source == "csv":
+            raise UserError(f"{root}: no classification CSV for split {split!r}: looked for "
+                            f"{_looked_for(root, year, parts)}")
+    if csvs is not None:
+        base = csvs[0].parent
+        pooled = [r for p, part in zip(csvs, parts) for r in _from_csv(p, year, part, difficult)]
     else:
-        records = _read_split(base, split, source, difficult)
-    images = base / "JPEGImages"
-    if not images.is_dir():
-        raise UserError(f"{images}: image folder missing; expected JPEGImages/<id>.jpg for the listed ids")
+        also = f"; nor does it hold {_looked_for(root, year, parts)}" if source == "auto" else ""
+        base = resolve_root(root, year, also)
+        also = f"; no {_looked_for(root, year, parts)} either" if source == "auto" else ""
+        pooled = [r for part in parts for r in _read_split(base, part, source, difficult, also)]
+        images = base / "JPEGImages"
+        if not images.is_dir():
+            raise UserError(f"{images}: image folder missing; expected JPEGImages/<id>.jpg for the listed ids")
+    records = select_study(pooled, split, seed) if split in STUDY_SPLITS else pooled
     return build(name=name, root=base, split=split, records=records, label_names=VOC_CLASSES, size=size,
                  allow_missing=allow_missing, cache=cache)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 import engine
-from engine import attacks, protocol
+from engine import attacks, data, protocol
 from engine.data.base import ImageListDataset
 from engine.device import check_device
 from engine.errors import UserError
@@ -79,13 +79,16 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
     digest = file_digest(checkpoint)
     mkey = model_key or Path(checkpoint).stem
     root_group = store() if callable(store) else store
-    group = st.model_group(root_group, mkey, ds.name)
+    dkey = dataset_key(root_group, mkey, ds)
+    group = st.model_group(root_group, mkey, dkey)
     attrs = dict(group.attrs)
-    if attrs.get("checkpoint_digest") not in (None, digest) or attrs.get("split") not in (None, ds.split):
+    options = {k: v for k, v in sorted(load_kw.items()) if k not in NOT_DATA_OPTIONS and v is not None}
+    if attrs.get("checkpoint_digest") not in (None, digest) or attrs.get("split") not in (None, ds.split) or \
+            attrs.get("data_options", options) != options:
         raise UserError(
-            f"{mkey}/{ds.name} in the store was made from another checkpoint or split "
-            f"(digest {attrs.get('checkpoint_digest')}, split {attrs.get('split')}); use another --out "
-            f"or --model-key"
+            f"{mkey}/{dkey} in the store was made from another checkpoint, split or data options "
+            f"(digest {attrs.get('checkpoint_digest')}, split {attrs.get('split')}, options "
+            f"{attrs.get('data_options', {})}); use another --out or --model-key"
         )
     if "candidates" in group and "metrics" in attrs:
         cand = np.asarray(group["candidates"][:])
@@ -98,8 +101,28 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
                            overwrite=True)[:] = cand
         group.attrs.update({"metrics": metrics, "checkpoint": str(checkpoint), "checkpoint_digest": digest,
                             "split": ds.split, "family": ck["model"]["family"], "backbone": ck["model"]["backbone"],
-                            "label_names": ds.label_names, "num_test_samples": len(ds)})
-    return Plan(model, ds, mkey, ds.name, cand, metrics, str(checkpoint), digest, root_group)
+                            "label_names": ds.label_names, "num_test_samples": len(ds), "data_options": options})
+    return Plan(model, ds, mkey, dkey, cand, metrics, str(checkpoint), digest, root_group)
+
+
+# Loader options that do not change which samples and labels a split has; every other one (VOC's
+# difficult, the split seed, NUS-WIDE's csv_name ...) is part of a model group's identity. Two
+# annotation formats of one split give the same samples (engine.data tests that).
+NOT_DATA_OPTIONS = ("source", "allow_missing", "cache")
+
+
+def dataset_key(root_group, model_key: str, ds: ImageListDataset) -> str:
+    """The model group's name for this split: the data set's name for its test split, ``name@split``
+    for any other, so that runs of one model on two splits (the text's test split, the released
+    code's val files) live side by side in one store."""
+    if ds.split == data.info(ds.name).test_split:
+        return ds.name
+    try:  # a store from before split keys holds a non-default split under the bare name
+        if root_group[f"{model_key}/{ds.name}"].attrs.get("split") == ds.split:
+            return ds.name
+    except KeyError:
+        pass
+    return f"{ds.name}@{ds.split}"
 
 
 @torch.no_grad()
@@ -115,11 +138,23 @@ def _scan(model: nn.Module, ds: ImageListDataset, device: str, batch_size: int =
     return logits, np.nonzero(ok.numpy())[0]
 
 
-def batch_for(p: Plan, spec, shape: tuple[int, ...], requested: int, device: str) -> int:
-    """The requested batch, or (0) the largest that fits the memory budget (engine.runtime.batching)."""
-    if requested > 0:
-        return requested
-    return batching.auto_batch(p.model, shape, num_labels=p.dataset.num_labels, jacobian=spec.jacobian,
+def code_batch(p: Plan, rs: RunSpec) -> int | None:
+    """The released code's attack batch for this cell, where the attack's results depend on the
+    batch under this preset (``AttackSpec.code_batch``); None elsewhere."""
+    if rs.preset in rs.spec.code_batch and rs.batch_size == 0:
+        return protocol.cell(p.metrics.get("model", ""), p.dataset.name).batch
+    return None
+
+
+def batch_for(p: Plan, rs: RunSpec, shape: tuple[int, ...], device: str) -> int:
+    """The requested batch; the code's where results depend on it; or (0) the largest that fits
+    the memory budget (engine.runtime.batching)."""
+    if rs.batch_size > 0:
+        return rs.batch_size
+    fixed = code_batch(p, rs)
+    if fixed is not None:
+        return fixed
+    return batching.auto_batch(p.model, shape, num_labels=p.dataset.num_labels, jacobian=rs.spec.jacobian,
                                device=device)
 
 
@@ -156,14 +191,21 @@ def open_run(p: Plan, root_group, rs: RunSpec):
 
     The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
     """
-    spec, cfg, n_req = rs.spec, rs.config, rs.n_requested
+    spec, cfg = rs.spec, rs.config
+    family = p.metrics.get("model", "")
+    n_req = rs.samples(family, p.dataset.name)
+    batch = code_batch(p, rs)
+    if batch is not None and rs.chunk_size % batch:
+        raise UserError(f"chunk_size {rs.chunk_size} is not a multiple of the released code's batch {batch} for "
+                        f"{family}/{p.dataset.name} (its {spec.title} results depend on the batch): set chunk_size "
+                        f"to a multiple of {batch}, e.g. {batch * max(1, rs.chunk_size // batch)}")
     picked = protocol.select(p.candidates, n_req, rs.seed, rs.order)
     if len(picked) == 0:
         raise UserError(f"{p.checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
     if len(picked) < n_req:
         log.warning("only %d correctly predicted samples (asked for %d): using all of them", len(picked), n_req)
     labels = p.dataset.labels[picked].astype(bool)
-    avg = float(labels.sum(1).mean())
+    scoring = scoring_attrs(p, rs)
     l = p.dataset.num_labels
     fingerprint = {"checkpoint_digest": p.digest, "attack": spec.name, "config": cfg.to_dict(), "target": rs.target,
                    "target_label": rs.target_label, "seed": rs.seed, "order": rs.order, "n_requested": n_req,
@@ -173,13 +215,31 @@ def open_run(p: Plan, root_group, rs: RunSpec):
              "target_label": rs.target_label, "config": cfg.to_dict(), "seed": rs.seed, "order": rs.order,
              "early_exit": rs.early_exit, "semantics": "stop-at-success" if rs.early_exit else "fixed-iterations",
              "engine_version": engine.__version__, "n_requested": n_req, "n_available": int(len(p.candidates)),
-             "avg_labels": avg, "exp_labels": protocol.exp_labels(l, avg),
-             "exp_labels_floor": protocol.exp_labels(l, avg, "floor"), "num_labels": l,
+             **scoring, "num_labels": l,
              "label_names": p.dataset.label_names, "model_metrics": p.metrics, "checkpoint": p.checkpoint}
     image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
-    return st.create_run(st.model_group(root_group, p.model_key, p.dataset_key), rs.key, n=len(picked),
-                         num_labels=l, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=attrs,
-                         sample_index=picked, labels_true=labels, fingerprint=fingerprint)
+    run = st.create_run(st.model_group(root_group, p.model_key, p.dataset_key), rs.key, n=len(picked),
+                        num_labels=l, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=attrs,
+                        sample_index=picked, labels_true=labels, fingerprint=fingerprint)
+    # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
+    if any(run.attrs.get(k) != v for k, v in scoring.items()):
+        run.attrs.update(scoring)
+    return run
+
+
+def scoring_attrs(p: Plan, rs: RunSpec) -> dict[str, Any]:
+    """avgLabels, where it came from, and the ladder (engine.protocol): one avgLabels per (model,
+    data set) and rule set, whatever N this run attacks."""
+    family = p.metrics.get("model", "")
+    basis_n = protocol.avg_labels_basis(rs.preset, family, p.dataset.name)
+    basis = protocol.select(p.candidates, basis_n, rs.seed, rs.order)
+    avg = float(p.dataset.labels[basis].astype(bool).sum(1).mean())
+    how = f"the first {len(basis)}" if rs.order == "first" else f"{len(basis)} seeded (seed {rs.seed})"
+    source = (f"mean true-label count of {how} correctly predicted samples of "
+              f"{p.model_key}/{p.dataset_key}" + (" (the code's y.npy)" if protocol.rules(rs.preset).released else
+                                                  " (one per data set, the text's)"))
+    return {"avg_labels": avg, "avg_labels_source": source, "avg_labels_samples": int(len(basis)),
+            "rounding": rs.rounding, "exp_labels": protocol.exp_labels(p.dataset.num_labels, avg, rs.rounding)}
 
 
 def todo_chunks(run) -> list[int]:
@@ -200,7 +260,7 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
     index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
     spec = rs.spec
     shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
-    bs = batch_for(p, spec, shape, rs.batch_size, device)
+    bs = batch_for(p, rs, shape, device)
     parts: dict[str, list] = {k: [] for k in st.RESULT_FIELDS}
     reasons: list[str] = []
     deltas = []
@@ -225,7 +285,8 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
 
 def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, preset: str = "paper",
                       target: str = "show-many", target_label: Any = None, params: dict | None = None,
-                      n: int | None = None, seed: int = 0, order: str = "seeded", dataset: str | None = None,
+                      n: int | None = None, seed: int = 0, order: str | None = None,
+                      rounding: str | None = None, dataset: str | None = None,
                       root: str | Path | None = None, split: str | None = None, chunk_size: int = 100,
                       batch_size: int = 0, early_exit: bool = False, exit_every: int = 4, save_adv: bool = False,
                       device: str = "cpu", model_key: str | None = None, workers: int = 0,
@@ -235,7 +296,7 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
     """Run one attack of the study's protocol on one checkpoint into the store at ``out``."""
     # Bad names and values fail here, before the model is loaded.
     rs = RunSpec.from_dict({"attack": attack, "preset": preset, "target": target, "target_label": target_label,
-                            "params": dict(params or {}), "n": n, "seed": seed, "order": order,
+                            "params": dict(params or {}), "n": n, "seed": seed, "order": order, "rounding": rounding,
                             "chunk_size": chunk_size, "batch_size": batch_size, "early_exit": early_exit,
                             "exit_every": exit_every, "save_adv": save_adv})
     check_device(device)
@@ -271,7 +332,10 @@ def summarize(run) -> dict[str, Any]:
     final = np.asarray(run["label_count_final"][:])[eligible]
     best = np.asarray(run["label_count_best"][:])[eligible]
     out = {"attack": a["attack"], "preset": a["preset"], "target": a["target"], "n": int(rows.sum()),
-           "n_eligible": int(eligible.sum()), "n_requested": a["n_requested"], "avg_labels": a["avg_labels"],
+           "n_eligible": int(eligible.sum()), "n_requested": a["n_requested"], "order": a.get("order", "seeded"),
+           "avg_labels": a["avg_labels"], "avg_labels_samples": a.get("avg_labels_samples", a["n"]),
+           "avg_labels_source": a.get("avg_labels_source", "mean true-label count of the run's own samples"),
+           "rounding": a.get("rounding", "ceil"),  # stores from before the rounding choice scored with ceil
            "exp_labels": a["exp_labels"], "failed": int(np.asarray(run["failed"][:])[rows].sum())}
     if a["target"] == "show-many":
         out["success_final"] = protocol.success_rates(final, a["exp_labels"])

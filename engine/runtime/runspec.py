@@ -10,13 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import attacks
+from engine import attacks, protocol
 from engine.attacks.registry import AttackConfig, AttackSpec
 from engine.config import Config
 from engine.errors import UserError
 from engine.runtime import store as st
-
-ORDERS = ("seeded", "first")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,9 +30,12 @@ class RunSpec(Config):
     target: str = "show-many"
     target_label: Any = None
     params: dict[str, Any] = field(default_factory=dict)
-    n: int | None = None  # None: the preset's protocol default (AttackSpec.default_samples, else 1000)
+    # None: the preset's protocol default (AttackSpec.default_samples; else, under ``released``, the
+    # code's count for the (model, data set): engine.protocol.RELEASED_CELLS; else 1000)
+    n: int | None = None
     seed: int = 0
-    order: str = "seeded"  # seeded | first
+    order: str | None = None  # seeded | first; None: the preset's (released: first, else seeded)
+    rounding: str | None = None  # ceil | floor (expLabels); None: the preset's (released: floor, else ceil)
     chunk_size: int = 100  # samples per shard = per stored chunk: the unit of resume and of scheduling
     batch_size: int = 0  # 0: automatic; never depends on who runs the shard
     early_exit: bool = False
@@ -52,8 +53,14 @@ class RunSpec(Config):
             raise UserError(f"unknown target {self.target!r}; valid: {', '.join(attacks.targets.names())}")
         if self.target in attacks.targets.NEEDS_LABEL and self.target_label is None:
             raise UserError(f"target {self.target} needs target_label = a label index or name")
-        if self.order not in ORDERS:
-            raise UserError(f"unknown order {self.order!r}; valid: {', '.join(ORDERS)}")
+        rules = protocol.rules(self.preset)
+        # Resolved here, so that the stored spec, the fingerprint and the report name the rule used.
+        object.__setattr__(self, "order", rules.order if self.order is None else self.order)
+        object.__setattr__(self, "rounding", rules.rounding if self.rounding is None else self.rounding)
+        if self.order not in protocol.ORDERS:
+            raise UserError(f"unknown order {self.order!r}; valid: {', '.join(protocol.ORDERS)}")
+        if self.rounding not in protocol.ROUNDINGS:
+            raise UserError(f"unknown rounding {self.rounding!r}; valid: {', '.join(protocol.ROUNDINGS)}")
         for name, lo in (("n", 1), ("chunk_size", 1), ("batch_size", 0), ("exit_every", 1)):
             v = getattr(self, name)
             if v is not None and v < lo:
@@ -61,7 +68,14 @@ class RunSpec(Config):
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "config", cfg)
         object.__setattr__(self, "n_requested", self.n if self.n is not None else
-                           spec.default_samples.get(self.preset, 1000))
+                           spec.default_samples.get(self.preset, protocol.PROTOCOL_N))
+
+    def samples(self, family: str, dataset: str) -> int:
+        """N for this run on a (model family, data set): ``n``, else the attack's preset default,
+        else (``released``) the number the code scores there, else 1000."""
+        if self.n is None and self.preset not in self.spec.default_samples and protocol.rules(self.preset).released:
+            return protocol.cell(family, dataset).scored
+        return self.n_requested
 
     @property
     def key(self) -> str:

@@ -42,9 +42,12 @@ def _run_identity(r: RunEntry) -> dict[str, Any]:
 def make_record(sw: Sweep) -> dict[str, Any]:
     """The sweep's record for the store's root attributes: plan, fingerprint and the file's text."""
     models = [{"key": m.key, "checkpoint": m.checkpoint, "digest": file_digest(m.checkpoint), "dataset": m.dataset,
-               "root": m.root, "split": m.split} for m in sw.models]
+               "root": m.root, "split": m.split, "load_kw": m.load_kw()} for m in sw.models]
     runs = [_run_identity(r) for r in sw.runs]
-    ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} for m in models], "runs": runs}
+    # Loader options that change the data are part of the identity (absent when none: older records).
+    ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} |
+                        ({"options": dict(mm.options)} if mm.options else {}) for m, mm in zip(models, sw.models)],
+             "runs": runs}
     return {"format": FORMAT, "name": sw.name, "fingerprint": _digest_json(ident), "identity": ident,
             "source": sw.path, "source_text": sw.text, "engine_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -18,7 +18,8 @@ for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those 
     [protocol]               # defaults for every [[attack]] (each may override any of them)
     n = 1000                 # samples per run; omitted: the preset's protocol default (mostly 1000)
     seed = 0
-    order = "seeded"         # seeded | first
+    order = "seeded"         # seeded | first; default: the preset's (released: first, else seeded)
+    rounding = "ceil"        # ceil | floor for expLabels; default: the preset's (released: floor)
     chunk_size = 100         # samples per shard (the unit of scheduling and of resume)
     batch_size = 0           # 0: automatic (a function of the attack and image size only)
     early_exit = false
@@ -30,7 +31,9 @@ for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those 
     key = "mlgcn"            # model group in the store (default: checkpoint file stem)
     dataset = "voc2007"      # default: the checkpoint's training data set
     root = "data/VOCdevkit"  # default: the checkpoint's training data root
-    split = "test"           # default: the data set's test split
+    split = "test"           # default: the data set's test split (another split is group "dataset@split")
+    annotations = "csv"      # VOC csv | txt | xml, COCO instances | mlgcn; default auto (whichever is found)
+    options = { difficult = "negative" }   # loader keywords (VOC difficult, NUS-WIDE csv_name, seed ...)
 
     [[attack]]               # one per attack
     name = "..."             # required: one of engine.attacks.names()
@@ -90,11 +93,22 @@ class ModelEntry(Config):
     dataset: str | None = None
     root: str | None = None
     split: str | None = None
+    annotations: str = "auto"  # which annotation files (VOC csv | txt | xml, COCO instances | mlgcn)
+    options: dict[str, Any] = field(default_factory=dict)  # the loader's keywords, e.g. difficult = "negative"
 
     def validate(self) -> None:
         if self.key is None:
             object.__setattr__(self, "key", Path(self.checkpoint).stem)
         st.check_name(self.key, "key")
+        for k in ("source", "allow_missing", "root", "split", "size"):
+            if k in self.options:
+                raise UserError(f"options: {k!r} is not a loader option here"
+                                + ("; use annotations = ..." if k == "source" else f"; use {k} = ..."
+                                   if k in ("root", "split") else ""))
+
+    def load_kw(self) -> dict[str, Any]:
+        """Keywords for the data loader (engine.data.load)."""
+        return {**self.options, **({"source": self.annotations} if self.annotations != "auto" else {})}
 
 
 # [protocol]: every RunSpec field but those naming what is attacked and how, so a new protocol

@@ -54,7 +54,7 @@ class SweepWorker:
         if i not in self.plans:
             m = self.models[i]
             p = runner.plan(m["checkpoint"], self.root, dataset=m["dataset"], root=m["root"], split=m["split"],
-                            device=self.device, model_key=m["key"])
+                            device=self.device, model_key=m["key"], **m.get("load_kw", {}))
             if p.digest != m["digest"]:
                 raise UserError(f"{m['checkpoint']} changed since the sweep started (digest {m['digest']}, now "
                                 f"{p.digest}); let training finish, then run the sweep again")
