@@ -143,7 +143,8 @@ def cmd_sweep(a: argparse.Namespace) -> None:
     if a.local and a.address:
         raise UserError("--local runs without Ray; it cannot be combined with --address")
     res = run_sweep(a.sweep, a.out, address=a.address, workers=a.workers, local=a.local,
-                    progress=not a.no_progress)
+                    progress=not a.no_progress, placement_timeout=a.placement_timeout,
+                    retry_failed=a.retry_failed)
     if a.json:
         print(json.dumps(res, indent=1, default=str))
         return

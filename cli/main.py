@@ -148,6 +148,10 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join a running Ray cluster: auto | HOST:PORT (default: start Ray here)")
     p.add_argument("--workers", type=int, help="actors (default: one per GPU, or one per CPU without GPUs)")
     p.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the shards whose samples were recorded as failed after repeated errors")
+    p.add_argument("--placement-timeout", type=float, metavar="S",
+                   help="seconds an actor may wait to be placed before the sweep goes on without it (default 60)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true")
 
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(commands, f"cmd_{args.run}")(args)
     except UserError as e:
         print(f"sml: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("sml: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
         return 130

@@ -406,3 +406,183 @@ def test_driver_peak_rss_is_the_process_own_not_its_parents():
     child_mb = float(out.stdout.strip().splitlines()[-1])
     del ballast
     assert 0 < child_mb < parent_mb / 2, (child_mb, parent_mb)
+
+
+# ---------------------------------------------------------------- node loss
+def _ray_node(args: list[str], tmp: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(RAY_BIN), "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                             "--disable-usage-stats", "--block", "--temp-dir", str(tmp)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _tear_down(node: subprocess.Popen) -> None:
+    """By PID (never `ray stop`, which would stop every Ray on the machine)."""
+    if node.poll() is None:
+        node.terminate()
+        try:
+            node.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(node.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    node.wait(10)
+
+
+@pytest.mark.slow
+def test_sweep_survives_losing_a_node(grid, reference, tmp_path):
+    """Two raylets on the loopback; the second is killed with SIGKILL mid-sweep. The sweep must
+    finish on the surviving actor with no operator action (the replacement actor cannot be placed
+    on the smaller cluster and is given up after the placement timeout), results equal to --local."""
+    assert RAY_BIN.exists(), f"{RAY_BIN}: the ray CLI is missing (pip install ray)"
+    port = _free_port()
+    tmp = Path(f"/tmp/sml-node-{os.getpid()}-{port}")  # short: Ray's socket paths must stay < 108 bytes
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    # The head declares a silent node dead within seconds instead of the default ~30 s.
+    env = dict(_env(), RAY_health_check_period_ms="500", RAY_health_check_timeout_ms="500",
+               RAY_health_check_failure_threshold="4", RAY_health_check_initial_delay_ms="0")
+    head = _ray_node(["--head", "--port", str(port), "--include-dashboard", "false"], tmp, env)
+    second = None
+    driver = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert head.poll() is None, head.stdout.read().decode()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        second = _ray_node(["--address", f"127.0.0.1:{port}"], tmp, env)
+        time.sleep(5)  # let the second node register
+        out = tmp_path / "lost.zarr"
+        # One actor stalls 6 s in its first shard, so the kill lands with shards in flight.
+        denv = dict(_env(), **{sw.STALL_ENV: str(stall), "SML_SWEEP_STALL_SECONDS": "6"})
+        driver = subprocess.Popen([*SML, "sweep", str(grid), "--out", str(out), "--address", f"127.0.0.1:{port}",
+                                   "--workers", "2", "--placement-timeout", "10", "--no-progress", "--json"],
+                                  env=denv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (stall / "stalled").exists():
+            assert driver.poll() is None, driver.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no actor reached a shard"
+            time.sleep(0.05)
+        t_kill = time.monotonic()
+        os.killpg(second.pid, signal.SIGKILL)  # the node's raylet and its workers, as a machine loss
+        stdout, stderr = driver.communicate(timeout=180)
+        recovery = time.monotonic() - t_kill
+        assert driver.returncode == 0, stderr[-3000:]
+        res = json.loads(stdout)
+        assert res["actor_deaths"] >= 1, res
+        assert res["shards_done"] == res["shards_total"] == reference[2]["shards_total"]
+        # No sample lost or done twice: every shard completed once (one may be found done and skipped).
+        assert res["shards_run"] + res["shards_skipped"] == res["shards_total"]
+        _assert_same(_arrays(out), reference[1])
+        # Recovery bound: 2 x (the lost shards' compute + the placement timeout) + node-death detection.
+        lost = max(6.0, res["shard_seconds"] / max(1, res["shards_run"]))
+        assert recovery < 2 * (lost + 10) + 15, (recovery, res)
+        print(f"recovery {recovery:.1f} s after the kill; {res['actor_deaths']} death(s), "
+              f"{res['actors_not_placed']} replacement(s) not placed")
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        for node in (second, head):
+            if node is not None:
+                _tear_down(node)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _PendingBackend:
+    """A cluster that never places an actor (as Ray keeps an unplaceable actor pending forever)."""
+
+    def __init__(self):
+        self.stopped = 0
+
+    def start(self, pool):
+        return object()
+
+    def submit(self, handle, method, *args):
+        return (handle, method)
+
+    def wait(self, refs, timeout):
+        time.sleep(min(timeout, 0.05))
+        return []
+
+    def stop(self, handle, graceful):
+        self.stopped += 1
+
+
+def test_unplaceable_actors_end_the_sweep_with_exit_3(grid, tmp_path):
+    from engine.errors import NoWorkersLeft
+    from engine.runtime.sweep.backends import PoolSpec
+    from engine.runtime.sweep.scheduler import _Scheduler
+
+    class Bar:
+        total = 0
+
+        def refresh(self):
+            pass
+
+    pools = [PoolSpec("cpu", 2, {}, 1, "cpu")]
+    backend = _PendingBackend()
+    sched = _Scheduler(backend, pools, sw.load_sweep(grid), None, Bar(), max_deaths=5, placement_timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(NoWorkersLeft, match="no live sweep actor is left .* re-run the same command") as e:
+        sched.run()
+    assert e.value.exit_code == 3
+    assert time.monotonic() - t0 < 5 and backend.stopped == 2  # both pending actors were cancelled
+
+
+def test_shard_that_keeps_raising_is_recorded_failed_then_retried(trained, demo_root, tmp_path):
+    """A shard that raises is tried SHARD_TRIES times, then its samples are recorded as failed (with
+    the reason) so that the sweep completes; --retry-failed runs exactly those shards again."""
+    from dataclasses import dataclass
+
+    from engine.attacks.driver import finalize
+    from engine.attacks.registry import AttackConfig, AttackSpec, register, unregister
+    from engine.report import render
+    from engine.runtime.sweep.scheduler import SHARD_TRIES
+
+    calls = {"n": 0, "broken": True}
+
+    @dataclass(frozen=True, kw_only=True)
+    class FlakyConfig(AttackConfig):
+        pass
+
+    def run(model, x0, y_star, eligible, cfg, ctx):
+        calls["n"] += 1
+        if calls["broken"] and x0.shape[0] == 2:
+            raise RuntimeError("boom in a shard")
+        import torch
+        with torch.no_grad():
+            counts = (model(x0) >= 0).sum(1)
+        return finalize(model, x0, x0.clone(), y_star, eligible, counts, counts == y_star.shape[1],
+                        torch.zeros(len(x0), dtype=torch.long), torch.full((len(x0),), -1))
+
+    register(AttackSpec(name="flaky", title="Flaky", config=FlakyConfig, norm="linf", run=run, doc="raises",
+                        presets={"paper": {}}))
+    try:
+        toml = tmp_path / "f.toml"
+        # 6 samples in shards of 4 and 2: the 2-sample shard raises while "broken".
+        toml.write_text(f'[protocol]\nn = 6\nchunk_size = 4\nbatch_size = 4\n[[model]]\n'
+                        f'checkpoint = "{trained["mlgcn"]}"\nroot = "{demo_root}"\n[[attack]]\nname = "flaky"\n')
+        out = tmp_path / "f.zarr"
+        res = sw.run_sweep(toml, out, local=True, progress=False)
+        assert res["shards_failed"] == 1 and res["shards_done"] == res["shards_total"] == 2
+        g = zarr.open_group(str(out), mode="r")["mlgcn/demo/flaky"]
+        assert np.asarray(g["failed"][:]).tolist() == [False] * 4 + [True] * 2
+        assert all(str(r) == "shard failed: RuntimeError: boom in a shard" for r in np.asarray(g["reason"][4:]))
+        assert not np.asarray(g["eligible"][4:]).any()  # no table counts them
+        render(out, tmp_path / "rep", ("md",))
+        assert "flaky: 2" in (tmp_path / "rep" / "tables.md").read_text()
+        n_before = calls["n"]
+        assert n_before >= 1 + SHARD_TRIES
+        # Resume: nothing to do. --retry-failed: only the failed shard runs again, now successfully.
+        assert sw.run_sweep(toml, out, local=True, progress=False)["shards_run"] == 0
+        calls["broken"] = False
+        res = sw.run_sweep(toml, out, local=True, progress=False, retry_failed=True)
+        assert res["shards_run"] == 1 and res["shards_failed"] == 0
+        assert not np.asarray(zarr.open_group(str(out), mode="r")["mlgcn/demo/flaky/failed"][:]).any()
+    finally:
+        unregister("flaky")

@@ -12,11 +12,11 @@ attack spec's traits.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from engine.models.evaluate import dataset_for
 from engine.models.metrics import table1
 from engine.runtime import batching
 from engine.runtime import store as st
+from engine.runtime.lock import store_lock
 from engine.runtime.runspec import RunSpec
 
 __all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shard", "summarize", "todo_chunks"]
@@ -66,11 +67,13 @@ class Plan:
 def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
          split: str | None = None, device: str = "cpu", model_key: str | None = None,
          embedding: str | Path | None = None, label_names: list[str] | None = None, trust_pickle: bool = False,
-         allow_missing: bool = False, **load_kw) -> Plan:
+         allow_missing: bool = False, verify_data: bool = True, **load_kw) -> Plan:
     """Load model and data; find (or reuse from the store) the exactly-right test samples.
 
     ``store`` is the store's root group, or a function that opens it: called once the checkpoint
-    and the data have loaded, so that bad inputs leave no store behind.
+    and the data have loaded, so that bad inputs leave no store behind. ``verify_data``: check the
+    data against the digest the model group was made from (:func:`data_digest`; sweeps do it once,
+    in the plan job, not in every actor that takes a shard).
     """
     ck = checkpoints.read(checkpoint, embedding, label_names, trust_pickle=trust_pickle)
     ds = dataset_for(ck, dataset, root, split, checkpoint, allow_missing=allow_missing, **load_kw)
@@ -93,6 +96,14 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
     if "candidates" in group and "metrics" in attrs:
         cand = np.asarray(group["candidates"][:])
         metrics = attrs["metrics"]
+        if verify_data:
+            have = data_digest(ds, cand)
+            if attrs.get("data_digest", have) != have:
+                raise UserError(f"{ds.root}: the {ds.name} {ds.split} data here differ from those {mkey}/{dkey} in "
+                                f"the store was made from (data digest {have}, stored {attrs['data_digest']}); "
+                                f"point --root at the original data, or write to another --out")
+            if "data_digest" not in attrs:  # a group from before data digests: adopt this data
+                group.attrs["data_digest"] = have
     else:
         logits, cand = _scan(model, ds, device)
         metrics = table1(logits, torch.from_numpy(ds.labels))
@@ -101,8 +112,26 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
                            overwrite=True)[:] = cand
         group.attrs.update({"metrics": metrics, "checkpoint": str(checkpoint), "checkpoint_digest": digest,
                             "split": ds.split, "family": ck["model"]["family"], "backbone": ck["model"]["backbone"],
-                            "label_names": ds.label_names, "num_test_samples": len(ds), "data_options": options})
+                            "label_names": ds.label_names, "num_test_samples": len(ds), "data_options": options,
+                            "data_digest": data_digest(ds, cand)})
     return Plan(model, ds, mkey, dkey, cand, metrics, str(checkpoint), digest, root_group)
+
+
+def data_digest(ds: ImageListDataset, candidates: np.ndarray) -> str:
+    """A digest of the data a model group's runs read: the split's sample list (paths relative to
+    the data root, so an identical copy elsewhere matches) and labels, and the bytes of every
+    exactly-right sample's file (the only images any run attacks)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([ds.name, ds.split, ds.label_names]).encode())
+    h.update(np.ascontiguousarray(ds.labels).tobytes())
+    for p in ds.paths:
+        try:
+            h.update(str(p.relative_to(ds.root)).encode() + b"\0")
+        except ValueError:
+            h.update(p.name.encode() + b"\0")
+    for i in np.asarray(candidates).tolist():
+        h.update(Path(ds.paths[int(i)]).read_bytes())
+    return h.hexdigest()[:16]
 
 
 # Loader options that do not change which samples and labels a split has; every other one (VOC's
@@ -303,10 +332,25 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
     if model_key is not None:
         st.check_name(model_key, "--model-key")
     compiled = use_compile(compile, device)
-    # The store is opened only once checkpoint and data have loaded: bad inputs leave nothing behind.
-    p = plan(checkpoint, partial(st.open_store, out, "a"), dataset=dataset, root=root, split=split, device=device,
-             model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
-             allow_missing=allow_missing, **load_kw)
+    # The store is opened (and its lease taken) only once checkpoint and data have loaded: bad
+    # inputs leave nothing behind.
+    lock = store_lock(out, "sml attack")
+
+    def open_locked():
+        lock.__enter__()
+        return st.open_store(out, "a")
+
+    try:
+        p = plan(checkpoint, open_locked, dataset=dataset, root=root, split=split, device=device,
+                 model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
+                 allow_missing=allow_missing, **load_kw)
+        return _attack(p, rs, out, device, workers, progress, compiled)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _attack(p: Plan, rs: RunSpec, out, device: str, workers: int, progress: bool, compiled: bool) -> dict[str, Any]:
+    """attack_checkpoint's body, under the store's lease."""
     run = open_run(p, p.root, rs)
     todo = todo_chunks(run)
     t0 = time.perf_counter()
@@ -328,20 +372,20 @@ def summarize(run) -> dict[str, Any]:
     """Success rates per n (final and best) over the finished rows of a run."""
     a = dict(run.attrs)
     rows = st.done_rows(run)
-    eligible = np.asarray(run["eligible"][:], dtype=bool) & rows
-    final = np.asarray(run["label_count_final"][:])[eligible]
-    best = np.asarray(run["label_count_best"][:])[eligible]
+    eligible = np.asarray(st.read(run, "eligible"), dtype=bool) & rows
+    final = st.read(run, "label_count_final")[eligible]
+    best = st.read(run, "label_count_best")[eligible]
     out = {"attack": a["attack"], "preset": a["preset"], "target": a["target"], "n": int(rows.sum()),
            "n_eligible": int(eligible.sum()), "n_requested": a["n_requested"], "order": a.get("order", "seeded"),
            "avg_labels": a["avg_labels"], "avg_labels_samples": a.get("avg_labels_samples", a["n"]),
            "avg_labels_source": a.get("avg_labels_source", "mean true-label count of the run's own samples"),
            "rounding": a.get("rounding", "ceil"),  # stores from before the rounding choice scored with ceil
-           "exp_labels": a["exp_labels"], "failed": int(np.asarray(run["failed"][:])[rows].sum())}
+           "exp_labels": a["exp_labels"], "failed": int(st.read(run, "failed")[rows].sum())}
     if a["target"] == "show-many":
         out["success_final"] = protocol.success_rates(final, a["exp_labels"])
         out["success_best"] = protocol.success_rates(best, a["exp_labels"])
     else:
         for sem, name in (("final", "success"), ("best", "success_best")):
-            vals = np.asarray(run[name][:])[eligible]
+            vals = st.read(run, name)[eligible]
             out[f"success_{sem}"] = [float(vals.mean()) if vals.size else math.nan]
     return out

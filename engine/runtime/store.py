@@ -23,6 +23,13 @@ Layout (DESIGN.md Sec. 4)::
 array is chunked one sample-chunk per shard; a shard writes its rows, then its ``done`` flag.
 zarr's LocalStore writes each chunk file through a temporary file and a rename, so a killed
 writer never leaves a torn chunk and a chunk is never marked done before its rows are complete.
+
+Integrity (runs with ``store_format`` >= 2): every chunk is zstd-compressed with its checksum, and
+written even when it holds only the fill value (``write_empty_chunks``), so that a chunk marked done
+must exist. :func:`done_chunks` (``--status``, resume, report) checks that every done chunk's files
+are present (a listing), :func:`read` that they decode (the checksum); either failure is a one-line
+error naming the run, array and chunk, never a table computed from fill values. Runs written before
+(no ``store_format``) are read as they are.
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from engine.errors import UserError
+
+FORMAT = 2  # run groups: 2 = checksummed chunks, every chunk written
+# Every array of a run: zstd with its frame checksum; all chunks written (see the module docstring).
+CODECS = {"compressors": [ZstdCodec(level=0, checksum=True)], "config": {"write_empty_chunks": True}}
 
 RESULT_FIELDS = {
     # name: (dtype, trailing shape key)
@@ -128,17 +140,19 @@ def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_sh
     run = group.create_group(key)
     n_chunks = max(1, -(-n // chunk_size))
     c = chunk_size
-    run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64")[:] = sample_index
-    run.create_array("labels_true", shape=(n, num_labels), chunks=(c, num_labels), dtype="bool")[:] = labels_true
+    run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64", **CODECS)[:] = sample_index
+    run.create_array("labels_true", shape=(n, num_labels), chunks=(c, num_labels), dtype="bool",
+                     **CODECS)[:] = labels_true
     for name, (dt, trail) in RESULT_FIELDS.items():
         shape = (n,) if trail is None else (n, num_labels if trail == "l" else trail)
-        run.create_array(name, shape=shape, chunks=(c,) + shape[1:], dtype=dt, fill_value=0)
-    run.create_array("reason", shape=(n,), chunks=(c,), dtype=str)
+        run.create_array(name, shape=shape, chunks=(c,) + shape[1:], dtype=dt, fill_value=0, **CODECS)
+    run.create_array("reason", shape=(n,), chunks=(c,), dtype=str, **CODECS)
     if image_shape is not None:
         run.create_array("x_adv_delta", shape=(n, *image_shape), chunks=(c, *image_shape), dtype="float16",
-                         fill_value=0)
-    run.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
-    run.attrs.update(_json_safe({**attrs, "fingerprint": fp, "chunk_size": chunk_size, "n": n}))
+                         fill_value=0, **CODECS)
+    run.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False, **CODECS)
+    run.attrs.update(_json_safe({**attrs, "fingerprint": fp, "chunk_size": chunk_size, "n": n,
+                                 "store_format": FORMAT}))
     return run
 
 
@@ -148,16 +162,58 @@ def write_chunk(run: zarr.Group, chunk: int, rows: dict[str, np.ndarray], reason
     c = int(run.attrs["chunk_size"])
     lo = chunk * c
     hi = lo + len(reasons)
+
+    def arr(name):  # the write config is not stored with the array: ask for it on every write
+        return run[name].with_config(CODECS["config"])
+
     for name, value in rows.items():
-        run[name][lo:hi] = value
-    run["reason"][lo:hi] = np.array(reasons, dtype=str)
+        arr(name)[lo:hi] = value
+    arr("reason")[lo:hi] = np.array(reasons, dtype=str)
     if x_adv_delta is not None and "x_adv_delta" in run:
-        run["x_adv_delta"][lo:hi] = x_adv_delta.astype(np.float16)
-    run["done"][chunk] = True
+        arr("x_adv_delta")[lo:hi] = x_adv_delta.astype(np.float16)
+    arr("done")[chunk] = True
 
 
 def done_chunks(run: zarr.Group) -> np.ndarray:
-    return np.asarray(run["done"][:], dtype=bool)
+    """The done flags, after checking that every done chunk's rows are present (``store_format`` 2)."""
+    done = np.asarray(read(run, "done"), dtype=bool)
+    if int(run.attrs.get("store_format", 1)) >= 2:
+        want = set(np.nonzero(done)[0].tolist())
+        for name in (*RESULT_FIELDS, "reason"):
+            have = _present(run, name)
+            if have is not None and want - have:
+                raise UserError(_damaged(run, name, min(want - have), "is missing"))
+    return done
+
+
+def _present(run: zarr.Group, name: str) -> set[int] | None:
+    """Row-chunk indices whose chunk file exists (local stores: a listing; None where not listable)."""
+    root = getattr(run.store, "root", None)
+    if root is None:
+        return None
+    folder = Path(root) / run.path / name / "c"
+    try:
+        return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+def _damaged(run: zarr.Group, name: str, chunk: int | None, what: str) -> str:
+    where = f"chunk {chunk} of {name}" if chunk is not None else f"array {name}"
+    root = getattr(run.store, "root", None)
+    at = f"{root}/{run.path}" if root is not None else str(run.store_path)
+    return (f"{at}: {where} {what} although the run marks it done: the store is damaged; restore it from a "
+            f"copy, or delete the run group {run.path} to compute it afresh")
+
+
+def read(run: zarr.Group, name: str) -> np.ndarray:
+    """A whole array of a run, its chunks' checksums verified (a damaged chunk is a one-line error)."""
+    try:
+        return np.asarray(run[name][:])
+    except KeyError:
+        raise UserError(_damaged(run, name, None, "is missing")) from None
+    except Exception as e:  # noqa: BLE001 - codec errors (checksum, truncated frame) have no common type
+        raise UserError(_damaged(run, name, None, f"cannot be decoded ({str(e).splitlines()[0][:80]})")) from None
 
 
 def done_rows(run: zarr.Group) -> np.ndarray:

@@ -25,14 +25,17 @@ from typing import Any
 from tqdm import tqdm
 
 from engine.device import check_device
-from engine.errors import UserError
+from engine.errors import NoWorkersLeft, UserError
 from engine.runtime import store as st
+from engine.runtime.lock import store_lock
 from engine.runtime.sweep.backends import LocalBackend, PoolSpec, RayBackend, WorkerDied, connect, plan_pools
 from engine.runtime.sweep.record import ATTR, bind_store, json_safe, make_record
 from engine.runtime.sweep.sweepfile import Sweep, load_sweep
 from engine.runtime.sweep.worker import pick_device
 
 log = logging.getLogger(__name__)
+
+SHARD_TRIES = 3  # a shard that raises is run this many times before its samples are recorded as failed
 
 
 @dataclass
@@ -44,6 +47,8 @@ class _Job:
     chunk: int = -1
     rows: int = 0
     submitted: float = 0.0
+    tries: int = 0  # times this shard raised
+    reason: str = ""  # give_up: why
 
 
 @dataclass
@@ -52,6 +57,10 @@ class _Slot:
     handle: Any
     models: set[int] = field(default_factory=set)
     job: _Job | None = None
+    # starting: asked for, not known to be placed (no work is given to it yet); ready; gone: died or
+    # never placed within the placement timeout, so the sweep goes on without it.
+    state: str = "gone"
+    since: float = 0.0
 
 
 def _route(attack: str, cpu_attacks: tuple[str, ...], pools: dict[str, PoolSpec]) -> str:
@@ -62,8 +71,12 @@ def _route(attack: str, cpu_attacks: tuple[str, ...], pools: dict[str, PoolSpec]
 class _Scheduler:
     """Queues per pool; dispatches to idle actors; re-queues the jobs of dead ones; records progress."""
 
-    def __init__(self, backend, pools: list[PoolSpec], sw: Sweep, root, bar, max_deaths: int):
+    def __init__(self, backend, pools: list[PoolSpec], sw: Sweep, root, bar, max_deaths: int,
+                 placement_timeout: float = 60.0, retry_failed: bool = False):
         self.backend, self.sw, self.root, self.bar = backend, sw, root, bar
+        self.retry_failed = retry_failed
+        self.placement_timeout = placement_timeout
+        self.starting: dict[Any, _Slot] = {}  # probe call -> slot whose actor is not placed yet
         self.pools = {p.name: p for p in pools}
         self.queues: dict[str, deque[_Job]] = {p.name: deque() for p in pools}
         self.slots = [_Slot(p, None) for p in pools for _ in range(p.size)]
@@ -87,19 +100,23 @@ class _Scheduler:
         self.bar.total = sum(self.remaining_estimate.values())
         self.bar.refresh()
         for s in self.slots:
-            s.handle = self.backend.start(s.pool)
+            self._start(s)
         finished = False
         try:
             while any(self.queues.values()) or self.inflight:
                 t0 = time.perf_counter()
+                self._give_up_unplaced()
                 self._dispatch()
                 self.stats["driver_busy_s"] += time.perf_counter() - t0
-                if not self.inflight:
-                    raise RuntimeError("shards are queued for a pool without actors")  # a routing bug
-                ready = self.backend.wait(list(self.inflight), timeout=1.0)
+                if not self.inflight and not self.starting:
+                    self._no_workers_left()
+                ready = self.backend.wait(list(self.inflight) + list(self.starting), timeout=1.0)
                 t0 = time.perf_counter()
                 for ref in ready:
-                    self._collect(ref)
+                    if ref in self.starting:
+                        self._placed(ref)
+                    else:
+                        self._collect(ref)
                 self.stats["driver_busy_s"] += time.perf_counter() - t0
             finished = True
         finally:
@@ -110,9 +127,66 @@ class _Scheduler:
                     except Exception:  # noqa: BLE001
                         log.debug("stopping a worker failed", exc_info=True)
 
+    def _start(self, s: _Slot) -> None:
+        """Ask for an actor; it gets work only once a first call proves it placed (a replacement that
+        a shrunken cluster cannot place must not hold a shard while a live actor sits idle)."""
+        s.handle, s.models, s.job = self.backend.start(s.pool), set(), None
+        s.state, s.since = "starting", time.monotonic()
+        self.starting[self.backend.submit(s.handle, "pid")] = s
+
+    def _placed(self, ref) -> None:
+        s = self.starting.pop(ref)
+        try:
+            self.backend.get(ref)
+        except WorkerDied as e:
+            self._died(s, None, e)
+            return
+        s.state = "ready"
+
+    def _give_up_unplaced(self) -> None:
+        """Ray has no placement timeout for pending actors: ours cancels them and goes on."""
+        now = time.monotonic()
+        for ref, s in list(self.starting.items()):
+            if now - s.since > self.placement_timeout:
+                del self.starting[ref]
+                live = sum(t.state == "ready" for t in self.slots if t.pool is s.pool)
+                log.warning("a %s actor could not be placed within %.0f s (the cluster lost capacity?); going on "
+                            "with %d live %s actor(s)", s.pool.name, self.placement_timeout, live, s.pool.name)
+                self._stop(s)
+                s.state = "gone"
+                self.stats["actors_not_placed"] = self.stats.get("actors_not_placed", 0) + 1
+
+    def _stop(self, s: _Slot) -> None:
+        try:
+            self.backend.stop(s.handle, graceful=False)
+        except Exception:  # noqa: BLE001 - it is going away either way
+            log.debug("stopping a worker failed", exc_info=True)
+        s.handle = None
+
+    def _no_workers_left(self) -> None:
+        left = {name: len(q) for name, q in self.queues.items() if q}
+        raise NoWorkersLeft(
+            f"no live sweep actor is left for the {', '.join(f'{n} queued {k} job(s)' for k, n in left.items())} "
+            f"(actors died or could not be placed within {self.placement_timeout:.0f} s); finished shards are "
+            f"kept: bring the cluster back (or drop --address) and re-run the same command to resume")
+
+    def _died(self, s: _Slot, job: _Job | None, e: Exception) -> None:
+        self.stats["actor_deaths"] += 1
+        what = _describe(job) if job is not None else "its start"
+        log.warning("a %s actor died (%s) during %s; its job goes back to the queue for any live actor, and a "
+                    "replacement is asked for", s.pool.name, e, what)
+        if self.stats["actor_deaths"] > self.max_deaths:
+            raise UserError(f"sweep actors died {self.stats['actor_deaths']} times (last: {e}, during {what}); "
+                            f"giving up. Finished shards are kept: fix the cause (memory? node loss?) and re-run "
+                            f"the same command to resume") from None
+        if job is not None:
+            self.queues[s.pool.name].appendleft(job)
+        self._stop(s)
+        self._start(s)
+
     def _dispatch(self) -> None:
         for s in self.slots:
-            if s.job is not None:
+            if s.job is not None or s.state != "ready":
                 continue
             q = self.queues[s.pool.name]
             if not q:
@@ -125,7 +199,9 @@ class _Scheduler:
             if job.kind == "shard" and self.t_first_shard is None:
                 self.t_first_shard = job.submitted
             if job.kind == "plan":
-                ref = self.backend.submit(s.handle, "plan", job.model)
+                ref = self.backend.submit(s.handle, "plan", job.model, self.retry_failed)
+            elif job.kind == "give_up":
+                ref = self.backend.submit(s.handle, "give_up", job.run, job.path, job.chunk, job.reason)
             else:
                 ref = self.backend.submit(s.handle, "shard", job.run, job.path, job.chunk)
             s.job = job
@@ -137,18 +213,17 @@ class _Scheduler:
         try:
             res = self.backend.get(ref)
         except WorkerDied as e:
-            self.stats["actor_deaths"] += 1
-            log.warning("a %s actor died (%s) during %s; re-queuing it and starting a replacement", s.pool.name, e,
-                        _describe(job))
-            if self.stats["actor_deaths"] > self.max_deaths:
-                raise UserError(f"sweep actors died {self.stats['actor_deaths']} times (last: {e}, during "
-                                f"{_describe(job)}); giving up. Finished shards are kept: fix the cause (memory? "
-                                f"node loss?) and re-run the same command to resume") from None
-            self.queues[s.pool.name].appendleft(job)
-            s.handle, s.models = self.backend.start(s.pool), set()
+            self._died(s, job, e)
             return
         if "error" in res:
             raise UserError(res["error"])
+        if "crash" in res:
+            self._crashed(s, job, res["crash"])
+            return
+        if job.kind == "give_up":
+            self.stats["shards_failed"] = self.stats.get("shards_failed", 0) + 1
+            self.bar.update(job.rows)
+            return
         s.models.add(job.model)
         if s.pool.name in self.stats["pids"] and res.get("pid") not in self.stats["pids"][s.pool.name]:
             self.stats["pids"][s.pool.name].append(res.get("pid"))
@@ -168,6 +243,19 @@ class _Scheduler:
             self.t_last_shard = time.perf_counter()
             self.bar.update(res["rows"])
         self._postfix()
+
+    def _crashed(self, s: _Slot, job: _Job, why: str) -> None:
+        """A shard raised (not a user error, not a dead actor): again, elsewhere if possible, up to
+        SHARD_TRIES times; then its samples are recorded as failed so that the sweep completes."""
+        job.tries += 1
+        if job.tries < SHARD_TRIES:
+            log.warning("%s raised %s (try %d of %d); queued again", _describe(job), why, job.tries, SHARD_TRIES)
+            self.queues[s.pool.name].append(job)
+            return
+        log.warning("%s raised %s %d times: its %d samples are recorded as failed (sml sweep --retry-failed runs "
+                    "it again)", _describe(job), why, job.tries, job.rows)
+        self.queues[s.pool.name].appendleft(_Job("give_up", model=job.model, run=job.run, path=job.path,
+                                                 chunk=job.chunk, rows=job.rows, reason=why))
 
     def _planned(self, res: dict) -> None:
         i = res["model"]
@@ -198,7 +286,8 @@ class _Scheduler:
         self._postfix()
 
     def _postfix(self) -> None:
-        done = self.shards_done_before + self.stats["shards_run"] + self.stats["shards_skipped"]
+        done = (self.shards_done_before + self.stats["shards_run"] + self.stats["shards_skipped"]
+                + self.stats.get("shards_failed", 0))
         planned = self.stats["plans"]
         tail = "" if planned == len(self.sw.models) else f", models planned {planned}/{len(self.sw.models)}"
         self.bar.set_postfix_str(f"shards {done}/{self.shards_total}{tail}", refresh=True)
@@ -210,7 +299,8 @@ def _describe(job: _Job) -> str:
 
 def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None, workers: int | None = None,
               local: bool = False, progress: bool = True, device_resource: str | None = None,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, placement_timeout: float | None = None,
+              retry_failed: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep file ``sweep`` into the store ``out``; returns a summary.
 
     ``threads`` overrides the torch threads per actor (benchmarks); ``device_resource`` names a
@@ -218,11 +308,22 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
     """
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if placement_timeout is not None and not 0 < placement_timeout < math.inf:
+        raise UserError(f"--placement-timeout must be a positive number of seconds, got {placement_timeout}")
     sw = load_sweep(sweep)
     if local:  # the in-process worker's device is this machine's: check it before the store exists
         check_device(pick_device(sw.device))
     out_s = str(out) if st.is_url(out) else str(Path(out).expanduser().resolve())
     record = make_record(sw)
+    with store_lock(out_s, "sml sweep"):
+        return _drive(sw, sweep, out, out_s, record, address=address, workers=workers, local=local,
+                      progress=progress, device_resource=device_resource, threads=threads,
+                      placement_timeout=placement_timeout, retry_failed=retry_failed)
+
+
+def _drive(sw: Sweep, sweep, out, out_s: str, record: dict, *, address, workers, local, progress, device_resource,
+           threads, placement_timeout, retry_failed) -> dict[str, Any]:
+    """run_sweep's body, under the store's lease."""
     root = st.open_store(out_s, "a")
     record = bind_store(root, record, str(out), str(sweep))
     models = [dict(m) for m in record["models"]]
@@ -249,7 +350,9 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
     try:
         with tqdm(total=0, desc=f"sweep {sw.name}", unit="sample", disable=not progress, dynamic_ncols=True,
                   smoothing=0.1) as bar:
-            sched = _Scheduler(backend, pools, sw, root, bar, max_deaths=2 * n_actors + 2)
+            sched = _Scheduler(backend, pools, sw, root, bar, max_deaths=2 * n_actors + 2,
+                               placement_timeout=placement_timeout or sw.settings.placement_timeout,
+                               retry_failed=retry_failed)
             sched.run()
     finally:
         if owned:
@@ -258,7 +361,7 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
             ray.shutdown()
     seconds = time.perf_counter() - t_start
     s = sched.stats
-    done = sched.shards_done_before + s["shards_run"] + s["shards_skipped"]
+    done = sched.shards_done_before + s["shards_run"] + s["shards_skipped"] + s.get("shards_failed", 0)
     shard_phase = (sched.t_last_shard - sched.t_first_shard) if sched.t_last_shard and sched.t_first_shard else 0.0
     return {"store": str(out), "sweep": sw.name, "fingerprint": record["fingerprint"], "runs": len(sw.runs),
             "models": len(sw.models), "shards_total": sched.shards_total, "shards_done": done,
@@ -268,7 +371,9 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
             "shard_phase_s": shard_phase,
             "samples_per_s_shard_phase": s["samples_run"] / shard_phase if shard_phase > 0 else math.nan,
             "actors": {p.name: p.size for p in pools}, "threads_per_actor": {p.name: p.threads for p in pools},
-            "actor_deaths": s["actor_deaths"], "shards_by_pool": s["shards_by_pool"], "pids": s["pids"],
+            "actor_deaths": s["actor_deaths"], "actors_not_placed": s.get("actors_not_placed", 0),
+            "shards_failed": s.get("shards_failed", 0),
+            "shards_by_pool": s["shards_by_pool"], "pids": s["pids"],
             "shard_seconds": s["shard_seconds"],
             "driver_busy_s_per_shard": s["driver_busy_s"] / max(1, s["shards_run"] + s["plans"]),
             "roundtrip_overhead_s_per_shard": s["roundtrip_overhead_s"] / max(1, s["shards_run"]),

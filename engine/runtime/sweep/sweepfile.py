@@ -14,6 +14,8 @@ for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those 
     cpu_attacks = ["..."]    # attacks whose shards go to CPU-only actors on GPU clusters
                              # (default: the attacks whose spec says cpu_bound)
     cpu_actor_cpus = 4       # CPUs per CPU-only actor there (= its solver worker processes)
+    placement_timeout = 60   # seconds an actor (a replacement after a node loss) may wait to be
+                             # placed before the sweep goes on without it (--placement-timeout)
 
     [protocol]               # defaults for every [[attack]] (each may override any of them)
     n = 1000                 # samples per run; omitted: the preset's protocol default (mostly 1000)
@@ -71,6 +73,7 @@ class SweepSettings(Config):
     device: str = "auto"
     cpu_attacks: tuple[str, ...] | None = None  # None: every attack whose spec says cpu_bound
     cpu_actor_cpus: int = 4
+    placement_timeout: float = 60.0
 
     def validate(self) -> None:
         if self.device not in DEVICES:
@@ -82,6 +85,8 @@ class SweepSettings(Config):
             raise UserError(f"cpu_attacks: {e}") from None
         if self.cpu_actor_cpus < 1:
             raise UserError(f"cpu_actor_cpus must be >= 1, got {self.cpu_actor_cpus}")
+        if not 0 < self.placement_timeout < float("inf"):
+            raise UserError(f"placement_timeout must be a positive number of seconds, got {self.placement_timeout}")
 
 
 @dataclass(frozen=True, kw_only=True)

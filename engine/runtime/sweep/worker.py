@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.device import check_device
@@ -50,27 +51,31 @@ class SweepWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def _plan(self, i: int):
+    def _plan(self, i: int, verify_data: bool = False):
         if i not in self.plans:
             m = self.models[i]
             p = runner.plan(m["checkpoint"], self.root, dataset=m["dataset"], root=m["root"], split=m["split"],
-                            device=self.device, model_key=m["key"], **m.get("load_kw", {}))
+                            device=self.device, model_key=m["key"], verify_data=verify_data,
+                            **m.get("load_kw", {}))
             if p.digest != m["digest"]:
                 raise UserError(f"{m['checkpoint']} changed since the sweep started (digest {m['digest']}, now "
                                 f"{p.digest}); let training finish, then run the sweep again")
             self.plans[i] = p
         return self.plans[i]
 
-    def plan(self, i: int) -> dict[str, Any]:
-        """Load model i (scan cached in the store) and create or reopen all of its runs."""
+    def plan(self, i: int, retry_failed: bool = False) -> dict[str, Any]:
+        """Load model i (scan cached in the store) and create or reopen all of its runs
+        (``retry_failed``: shards given up on before are to be run again)."""
         try:
             t0 = time.perf_counter()
-            p = self._plan(i)
+            p = self._plan(i, verify_data=True)
             runs = []
             for j, (mi, rs) in enumerate(self.runs):
                 if mi != i:
                     continue
                 run = runner.open_run(p, self.root, rs)
+                if retry_failed:
+                    _reopen_given_up(run)
                 runs.append({"run": j, "path": run.path, "n": int(run.attrs["n"]),
                              "chunk_size": int(run.attrs["chunk_size"]), "todo": runner.todo_chunks(run)})
             return {"model": i, "group": f"{p.model_key}/{p.dataset_key}", "dataset": p.dataset_key, "runs": runs,
@@ -94,10 +99,39 @@ class SweepWorker:
             return {"rows": rows, "skipped": False, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
         except UserError as e:
             return {"error": f"{path} chunk {chunk}: {e}"}
+        except Exception as e:  # noqa: BLE001 - a fault in this shard (a bug, memory, a bad file): the driver
+            # retries it and, if it keeps failing, records its samples as failed (give_up)
+            return {"crash": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}", "pid": os.getpid()}
+
+    def give_up(self, j: int, path: str, chunk: int, reason: str) -> dict[str, Any]:
+        """Record every sample of a shard that keeps raising as failed (not eligible: no table counts
+        it) with ``reason``, and mark the shard done, so that the sweep completes."""
+        run = self.root[path]
+        n = runner.chunk_rows(run, chunk)
+        l = int(run.attrs["num_labels"])
+        rows = {k: np.zeros((n,) if t is None else (n, l if t == "l" else t), dtype=dt)
+                for k, (dt, t) in st.RESULT_FIELDS.items()}
+        rows["failed"][:] = True
+        st.write_chunk(run, chunk, rows, [f"{GAVE_UP}{reason}"] * n)
+        return {"rows": n, "pid": os.getpid()}
 
     def close(self) -> bool:
         runner.close_resources(self.ctx)
         return True
+
+
+GAVE_UP = "shard failed: "  # the reason prefix of the samples of a shard given up on (--retry-failed)
+
+
+def _reopen_given_up(run) -> None:
+    """Clear the done flag of every shard whose samples were all given up on."""
+    c = int(run.attrs["chunk_size"])
+    reasons = st.read(run, "reason")
+    done = st.done_chunks(run)
+    for k in np.nonzero(done)[0]:
+        rs = reasons[k * c:(k + 1) * c]
+        if len(rs) and all(str(r).startswith(GAVE_UP) for r in rs):
+            run["done"].with_config(st.CODECS["config"])[int(k)] = False
 
 
 def pick_device(device: str) -> str:
