@@ -126,7 +126,8 @@ def cmd_attack(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    paths = render(a.store, a.out, tuple(f.strip() for f in a.format.split(",") if f.strip()))
+    paths = render(a.store, a.out, tuple(f.strip() for f in a.format.split(",") if f.strip()),
+                   allow_incomplete=a.allow_incomplete)
     for path in paths:
         print(path)
 

@@ -137,6 +137,8 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for the tables and plots")
     p.add_argument("--format", default="md,csv,json", help="comma-separated: md, csv, json")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="report the runs that are intact and list the damaged ones instead of stopping")
 
 
 # ---------------------------------------------------------------- sweep

@@ -31,8 +31,9 @@ def table1_markdown(rows: Sequence[dict]) -> str:
 
 
 # ------------------------------------------------------------------ Tables 2/3 from a store
-def collect(store_path) -> tuple[list[dict], list[dict]]:
-    """(attack rows, Table 1 rows) from a result store; only finished chunks count."""
+def collect(store_path, damaged: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(attack rows, Table 1 rows) from a result store; only finished chunks count. A damaged run
+    is an error, or, given a ``damaged`` list, left out and its message appended there."""
     root = st.open_store(store_path, "r")
     rows, t1, seen = [], [], set()
     for model, dataset, key, run in st.iter_runs(root):
@@ -40,7 +41,13 @@ def collect(store_path) -> tuple[list[dict], list[dict]]:
         if (model, dataset) not in seen and "metrics" in mg.attrs:
             seen.add((model, dataset))
             t1.append({**mg.attrs["metrics"], "model_key": model, "dataset": dataset})
-        s = runner.summarize(run)
+        try:
+            s = runner.summarize(run)
+        except UserError as e:
+            if damaged is None:
+                raise
+            damaged.append(str(e))
+            continue
         a = dict(run.attrs)
         rows.append({"model_key": model, "model": a["model_metrics"].get("model", model), "dataset": dataset,
                      "run": key, "title": a["title"], "semantics": a["semantics"], **s})
@@ -156,12 +163,14 @@ def plot(rows: list[dict], out_dir) -> list:
     return paths
 
 
-def render(store_path, out_dir, formats=("md", "csv", "json")) -> list:
-    """Write Tables 1-3 (md / csv / json) and the plots into ``out_dir``."""
+def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete: bool = False) -> list:
+    """Write Tables 1-3 (md / csv / json) and the plots into ``out_dir`` (``allow_incomplete``: the
+    intact runs, the damaged ones listed)."""
     bad = sorted(set(formats) - {"md", "csv", "json"})
     if bad:
         raise UserError(f"unknown report format(s) {bad}; valid: md, csv, json")
-    rows, t1 = collect(store_path)
+    damaged: list[str] | None = [] if allow_incomplete else None
+    rows, t1 = collect(store_path, damaged)
     if not rows:
         raise UserError(f"{store_path}: the store holds no attack runs yet")
     out = Path(out_dir)
@@ -176,6 +185,9 @@ def render(store_path, out_dir, formats=("md", "csv", "json")) -> list:
         if failed:
             text += ["Samples recorded as failed (their reasons are in each run's `reason` array): " +
                      ", ".join(f"{r['model_key']}/{r['dataset']}/{r['run']}: {r['failed']}" for r in failed), ""]
+        if damaged:
+            text += ["**Damaged runs, left out of these tables** (`--allow-incomplete`):", "",
+                     *(f"- {d}" for d in damaged), ""]
         short = [r for r in rows if r["n"] < r["n_requested"]]
         if short:
             text += ["Fewer correctly predicted samples than asked for, so all were used: " +
@@ -193,7 +205,8 @@ def render(store_path, out_dir, formats=("md", "csv", "json")) -> list:
             write_text_atomic(out / name, buf.getvalue())
             written.append(out / name)
     if "json" in formats:
-        write_text_atomic(out / "tables.json", json.dumps({"table1": t1, "runs": rows}, indent=1, default=str) + "\n")
+        doc = {"table1": t1, "runs": rows, **({"damaged": damaged} if damaged else {})}
+        write_text_atomic(out / "tables.json", json.dumps(doc, indent=1, default=str) + "\n")
         written.append(out / "tables.json")
     written += plot(rows, out)
     return written

@@ -68,3 +68,14 @@ def test_other_data_at_resume_is_refused_a_copy_is_not(store, trained, demo_root
     victim.write_bytes(bytes(raw))
     with pytest.raises(UserError, match=r"data here differ from those mlgcn/demo in the store was made from"):
         runner.attack_checkpoint(trained["mlgcn"], "fgsm", store, n=6, chunk_size=3, root=copy, progress=False)
+
+
+def test_report_allow_incomplete_shows_the_intact_runs(store, trained, demo_root, tmp_path):
+    runner.attack_checkpoint(trained["mlgcn"], "fgm", store, n=6, chunk_size=3, root=demo_root, progress=False)
+    (store / "mlgcn/demo/fgsm/pred/c/0/0").unlink()
+    with pytest.raises(UserError, match="chunk 0 of pred is missing"):
+        render(store, tmp_path / "rep")
+    render(store, tmp_path / "rep", ("md", "json"), allow_incomplete=True)
+    md = (tmp_path / "rep" / "tables.md").read_text()
+    assert "| FGM |" in md and "| FGSM |" not in md
+    assert "Damaged runs, left out of these tables" in md and "chunk 0 of pred is missing" in md

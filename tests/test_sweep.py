@@ -473,8 +473,10 @@ def test_sweep_survives_losing_a_node(grid, reference, tmp_path):
         stdout, stderr = driver.communicate(timeout=180)
         recovery = time.monotonic() - t_kill
         assert driver.returncode == 0, stderr[-3000:]
-        res = json.loads(stdout)
-        assert res["actor_deaths"] >= 1, res
+        # Ray's driver prints its own node-death notice to stdout before our JSON summary.
+        assert "\n{" in "\n" + stdout, (stdout[-2000:], stderr[-3000:])
+        res = json.loads(stdout[("\n" + stdout).rindex("\n{"):])
+        assert res["actor_deaths"] >= 1, (res, stderr[-3000:])
         assert res["shards_done"] == res["shards_total"] == reference[2]["shards_total"]
         # No sample lost or done twice: every shard completed once (one may be found done and skipped).
         assert res["shards_run"] + res["shards_skipped"] == res["shards_total"]
@@ -526,12 +528,12 @@ def test_unplaceable_actors_end_the_sweep_with_exit_3(grid, tmp_path):
 
     pools = [PoolSpec("cpu", 2, {}, 1, "cpu")]
     backend = _PendingBackend()
-    sched = _Scheduler(backend, pools, sw.load_sweep(grid), None, Bar(), max_deaths=5, placement_timeout=0.3)
+    sched = _Scheduler(backend, pools, sw.load_sweep(grid), None, Bar(), max_deaths=5, placement_timeout=0.2)
     t0 = time.monotonic()
     with pytest.raises(NoWorkersLeft, match="no live sweep actor is left .* re-run the same command") as e:
         sched.run()
     assert e.value.exit_code == 3
-    assert time.monotonic() - t0 < 5 and backend.stopped == 2  # both pending actors were cancelled
+    assert time.monotonic() - t0 < 10 and backend.stopped == 2  # both pending actors were cancelled
 
 
 def test_shard_that_keeps_raising_is_recorded_failed_then_retried(trained, demo_root, tmp_path):

@@ -192,8 +192,10 @@ def _present(run: zarr.Group, name: str) -> set[int] | None:
     if root is None:
         return None
     folder = Path(root) / run.path / name / "c"
+    # Row chunk i of an n-d array (one chunk across the trailing axes) is the file c/i/0/.../0.
+    tail = ["0"] * (run[name].ndim - 1)
     try:
-        return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+        return {int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.joinpath(*tail).is_file()}
     except FileNotFoundError:
         return set()
 

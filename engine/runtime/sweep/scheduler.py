@@ -147,9 +147,11 @@ class _Scheduler:
         """Ray has no placement timeout for pending actors: ours cancels them and goes on."""
         now = time.monotonic()
         for ref, s in list(self.starting.items()):
-            if now - s.since > self.placement_timeout:
+            live = sum(t.state == "ready" for t in self.slots if t.pool is s.pool)
+            # With no live actor in its pool, a slow start (a busy or cold cluster) is given 10x longer
+            # before the sweep concludes that nothing can be placed.
+            if now - s.since > self.placement_timeout * (1 if live else 10):
                 del self.starting[ref]
-                live = sum(t.state == "ready" for t in self.slots if t.pool is s.pool)
                 log.warning("a %s actor could not be placed within %.0f s (the cluster lost capacity?); going on "
                             "with %d live %s actor(s)", s.pool.name, self.placement_timeout, live, s.pool.name)
                 self._stop(s)
