@@ -70,6 +70,18 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _wait_for_head(head: subprocess.Popen, port: int, timeout: float = 60) -> None:
+    """Until a `ray start --head` answers on ``port`` (its output in the failure if it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, head.stdout.read().decode()[-3000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -365,14 +377,7 @@ def test_join_head_on_loopback(grid, reference, tmp_path):
                              "--temp-dir", str(tmp)],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert head.poll() is None, head.stdout.read().decode()[-3000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        _wait_for_head(head, port)
         out = tmp_path / "joined.zarr"
         p = subprocess.run([*SML, "sweep", str(grid), "--out", str(out), "--address", f"127.0.0.1:{port}",
                             "--workers", "2", "--no-progress", "--json"],
@@ -447,14 +452,7 @@ def test_sweep_survives_losing_a_node(grid, reference, tmp_path):
     second = None
     driver = None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert head.poll() is None, head.stdout.read().decode()[-3000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        _wait_for_head(head, port)
         second = _ray_node(["--address", f"127.0.0.1:{port}"], tmp, env)
         time.sleep(5)  # let the second node register
         out = tmp_path / "lost.zarr"
