@@ -3,7 +3,8 @@
 1. From the test split pick up to N samples (1000; 200 for MLA-LP) that the model predicts exactly
    right (every label, threshold f = 0) and that have at least one label; seeded. (The released
    code takes the *first* N such samples of the split: ``order="first"``.)
-2. avgLabels = mean number of true labels over the picked samples.
+2. avgLabels = mean number of true labels over the data set's picked samples (one per model and
+   data set: see the rules below).
 3. expLabels(n) (Eq. 3) for n = 0 .. ceil(log2(l - avgLabels)): ceil(avgLabels + 2^n), the last rung
    being l. (The released code uses int(avgLabels + 2^n), a floor: ``rounding="floor"``.)
 4. Success at level n: the attacked prediction shows at least expLabels(n) labels. One attack pass
