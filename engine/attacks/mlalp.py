@@ -216,15 +216,13 @@ def run(model, x0, y_star, eligible, cfg: MLALPConfig, ctx):
         z_new = z_cur.clone()
         z_new[idx] = z
         done = [not bool(v) for v in todo]
-        r_zero = [False] * B
-        for j in why:
-            r_zero[int(idx[j])] = True
-        stuck, gave_up = released.update(it, done, r_zero, torch.sigmoid(z_cur).clamp(clamp, 1 - clamp),
-                                         torch.sigmoid(z_new))
+        why_of = {int(idx[j]): msg for j, msg in why.items()}  # by sample index
+        stuck, gave_up = released.update(it, done, [i in why_of for i in range(B)],
+                                         torch.sigmoid(z_cur).clamp(clamp, 1 - clamp), torch.sigmoid(z_new))
         for i in stuck:
             reasons[i] = f"stuck at iteration {it} (the code's rule: an attacked probability did not change)"
         for i in gave_up:
-            reasons[i] = why[int(torch.nonzero(idx == i)[0, 0])]
+            reasons[i] = why_of[i]
         failed[stuck + gave_up] = True
         x[idx] = xn  # the code applies the step of a sample it gives up on, then never looks at it again
         live = torch.tensor([i not in stuck and i not in gave_up for i in idx.tolist()], device=dev)

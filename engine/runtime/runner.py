@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,11 @@ class Plan:
     checkpoint: str
     digest: str
     root: Any  # the store's root group
+
+    @property
+    def family(self) -> str:
+        """The model family (mlgcn, mlliw): with the data set's name, the released code's cell."""
+        return self.metrics.get("model", "")
 
 
 def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
@@ -171,7 +177,7 @@ def code_batch(p: Plan, rs: RunSpec) -> int | None:
     """The released code's attack batch for this cell, where the attack's results depend on the
     batch under this preset (``AttackSpec.code_batch``); None elsewhere."""
     if rs.preset in rs.spec.code_batch and rs.batch_size == 0:
-        return protocol.cell(p.metrics.get("model", ""), p.dataset.name).batch
+        return protocol.cell(p.family, p.dataset.name).batch
     return None
 
 
@@ -221,12 +227,11 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
     """
     spec, cfg = rs.spec, rs.config
-    family = p.metrics.get("model", "")
-    n_req = rs.samples(family, p.dataset.name)
+    n_req = rs.samples(p.family, p.dataset.name)
     batch = code_batch(p, rs)
     if batch is not None and rs.chunk_size % batch:
         raise UserError(f"chunk_size {rs.chunk_size} is not a multiple of the released code's batch {batch} for "
-                        f"{family}/{p.dataset.name} (its {spec.title} results depend on the batch): set chunk_size "
+                        f"{p.family}/{p.dataset.name} (its {spec.title} results depend on the batch): set chunk_size "
                         f"to a multiple of {batch}, e.g. {batch * max(1, rs.chunk_size // batch)}")
     picked = protocol.select(p.candidates, n_req, rs.seed, rs.order)
     if len(picked) == 0:
@@ -259,8 +264,7 @@ def open_run(p: Plan, root_group, rs: RunSpec):
 def scoring_attrs(p: Plan, rs: RunSpec) -> dict[str, Any]:
     """avgLabels, where it came from, and the ladder (engine.protocol): one avgLabels per (model,
     data set) and rule set, whatever N this run attacks."""
-    family = p.metrics.get("model", "")
-    basis_n = protocol.avg_labels_basis(rs.preset, family, p.dataset.name)
+    basis_n = protocol.avg_labels_basis(rs.preset, p.family, p.dataset.name)
     basis = protocol.select(p.candidates, basis_n, rs.seed, rs.order)
     avg = float(p.dataset.labels[basis].astype(bool).sum(1).mean())
     how = f"the first {len(basis)}" if rs.order == "first" else f"{len(basis)} seeded (seed {rs.seed})"
@@ -334,19 +338,16 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
     compiled = use_compile(compile, device)
     # The store is opened (and its lease taken) only once checkpoint and data have loaded: bad
     # inputs leave nothing behind.
-    lock = store_lock(out, "sml attack")
+    with ExitStack() as held:  # the lease, once taken, is released however this ends
 
-    def open_locked():
-        lock.__enter__()
-        return st.open_store(out, "a")
+        def open_locked():
+            held.enter_context(store_lock(out, "sml attack"))
+            return st.open_store(out, "a")
 
-    try:
         p = plan(checkpoint, open_locked, dataset=dataset, root=root, split=split, device=device,
                  model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
                  allow_missing=allow_missing, **load_kw)
         return _attack(p, rs, out, device, workers, progress, compiled)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _attack(p: Plan, rs: RunSpec, out, device: str, workers: int, progress: bool, compiled: bool) -> dict[str, Any]:

@@ -114,6 +114,18 @@ def model_group(root: zarr.Group, model: str, dataset: str) -> zarr.Group:
     return root.require_group(f"{check_name(model, 'model key')}/{dataset}")
 
 
+def result_shape(name: str, n: int, num_labels: int) -> tuple[int, ...]:
+    """The shape of result array ``name`` for ``n`` samples of ``num_labels`` labels."""
+    trail = RESULT_FIELDS[name][1]
+    return (n,) if trail is None else (n, num_labels if trail == "l" else trail)
+
+
+def _writable(run: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of ``run`` for writing: the write config is not stored with an array, so
+    every write asks for it (all chunks written, see the module docstring)."""
+    return run[name].with_config(CODECS["config"])
+
+
 def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_shape: tuple[int, ...] | None,
                chunk_size: int, attrs: dict[str, Any], sample_index: np.ndarray, labels_true: np.ndarray,
                fingerprint: dict[str, Any]) -> zarr.Group:
@@ -143,8 +155,8 @@ def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_sh
     run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64", **CODECS)[:] = sample_index
     run.create_array("labels_true", shape=(n, num_labels), chunks=(c, num_labels), dtype="bool",
                      **CODECS)[:] = labels_true
-    for name, (dt, trail) in RESULT_FIELDS.items():
-        shape = (n,) if trail is None else (n, num_labels if trail == "l" else trail)
+    for name, (dt, _) in RESULT_FIELDS.items():
+        shape = result_shape(name, n, num_labels)
         run.create_array(name, shape=shape, chunks=(c,) + shape[1:], dtype=dt, fill_value=0, **CODECS)
     run.create_array("reason", shape=(n,), chunks=(c,), dtype=str, **CODECS)
     if image_shape is not None:
@@ -162,38 +174,44 @@ def write_chunk(run: zarr.Group, chunk: int, rows: dict[str, np.ndarray], reason
     c = int(run.attrs["chunk_size"])
     lo = chunk * c
     hi = lo + len(reasons)
-
-    def arr(name):  # the write config is not stored with the array: ask for it on every write
-        return run[name].with_config(CODECS["config"])
-
     for name, value in rows.items():
-        arr(name)[lo:hi] = value
-    arr("reason")[lo:hi] = np.array(reasons, dtype=str)
+        _writable(run, name)[lo:hi] = value
+    _writable(run, "reason")[lo:hi] = np.array(reasons, dtype=str)
     if x_adv_delta is not None and "x_adv_delta" in run:
-        arr("x_adv_delta")[lo:hi] = x_adv_delta.astype(np.float16)
-    arr("done")[chunk] = True
+        _writable(run, "x_adv_delta")[lo:hi] = x_adv_delta.astype(np.float16)
+    _writable(run, "done")[chunk] = True
+
+
+def reopen_chunk(run: zarr.Group, chunk: int) -> None:
+    """Clear chunk ``chunk``'s done flag, so that the next run of the same command redoes it."""
+    _writable(run, "done")[chunk] = False
+
+
+def done_flags(run: zarr.Group) -> np.ndarray:
+    """The done flags as stored, unchecked (a worker asking whether to skip a shard)."""
+    return np.asarray(read(run, "done"), dtype=bool)
 
 
 def done_chunks(run: zarr.Group) -> np.ndarray:
     """The done flags, after checking that every done chunk's rows are present (``store_format`` 2)."""
-    done = np.asarray(read(run, "done"), dtype=bool)
+    done = done_flags(run)
     if int(run.attrs.get("store_format", 1)) >= 2:
         want = set(np.nonzero(done)[0].tolist())
         for name in (*RESULT_FIELDS, "reason"):
-            have = _present(run, name)
+            have = _present(run, name, len(result_shape(name, 0, 0)) if name in RESULT_FIELDS else 1)
             if have is not None and want - have:
                 raise UserError(_damaged(run, name, min(want - have), "is missing"))
     return done
 
 
-def _present(run: zarr.Group, name: str) -> set[int] | None:
+def _present(run: zarr.Group, name: str, ndim: int) -> set[int] | None:
     """Row-chunk indices whose chunk file exists (local stores: a listing; None where not listable)."""
     root = getattr(run.store, "root", None)
     if root is None:
         return None
     folder = Path(root) / run.path / name / "c"
     # Row chunk i of an n-d array (one chunk across the trailing axes) is the file c/i/0/.../0.
-    tail = ["0"] * (run[name].ndim - 1)
+    tail = ["0"] * (ndim - 1)
     try:
         return {int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.joinpath(*tail).is_file()}
     except FileNotFoundError:
@@ -218,10 +236,10 @@ def read(run: zarr.Group, name: str) -> np.ndarray:
         raise UserError(_damaged(run, name, None, f"cannot be decoded ({str(e).splitlines()[0][:80]})")) from None
 
 
-def done_rows(run: zarr.Group) -> np.ndarray:
-    """Boolean mask over the N rows: those inside finished chunks."""
+def done_rows(run: zarr.Group, done: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask over the N rows: those inside finished chunks (``done``: flags already read)."""
     c, n = int(run.attrs["chunk_size"]), int(run.attrs["n"])
-    return np.repeat(done_chunks(run), c)[:n]
+    return np.repeat(done_chunks(run) if done is None else done, c)[:n]
 
 
 def iter_runs(root: zarr.Group):

@@ -121,7 +121,7 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
         if info is not None and f"{info['group']}/{r['key']}" in root:
             g = root[f"{info['group']}/{r['key']}"]
             flags = st.done_chunks(g)
-            rows = st.done_rows(g)
+            rows = st.done_rows(g, flags)
             entry.update(group=g.path, shards_total=int(len(flags)), shards_done=int(flags.sum()),
                          samples_total=int(g.attrs["n"]), samples_done=int(np.count_nonzero(rows)))
         else:

@@ -105,11 +105,12 @@ class ModelEntry(Config):
         if self.key is None:
             object.__setattr__(self, "key", Path(self.checkpoint).stem)
         st.check_name(self.key, "key")
-        for k in ("source", "allow_missing", "root", "split", "size"):
+        # Keys with a place of their own in [[model]] (or none): naming them twice would be ambiguous.
+        own = {"source": "; use annotations = ...", "root": "; use root = ...", "split": "; use split = ...",
+               "allow_missing": "", "size": ""}
+        for k in own:
             if k in self.options:
-                raise UserError(f"options: {k!r} is not a loader option here"
-                                + ("; use annotations = ..." if k == "source" else f"; use {k} = ..."
-                                   if k in ("root", "split") else ""))
+                raise UserError(f"options: {k!r} is not a loader option here{own[k]}")
 
     def load_kw(self) -> dict[str, Any]:
         """Keywords for the data loader (engine.data.load)."""

@@ -89,7 +89,7 @@ class SweepWorker:
             t0 = time.perf_counter()
             mi, rs = self.runs[j]
             run = self.root[path]
-            if bool(st.done_chunks(run)[chunk]):
+            if bool(st.done_flags(run)[chunk]):
                 # A shard re-queued after its actor died may have been finished just before: never twice.
                 return {"rows": 0, "skipped": True, "seconds": 0.0, "pid": os.getpid()}
             p = self._plan(mi)
@@ -109,8 +109,7 @@ class SweepWorker:
         run = self.root[path]
         n = runner.chunk_rows(run, chunk)
         l = int(run.attrs["num_labels"])
-        rows = {k: np.zeros((n,) if t is None else (n, l if t == "l" else t), dtype=dt)
-                for k, (dt, t) in st.RESULT_FIELDS.items()}
+        rows = {k: np.zeros(st.result_shape(k, n, l), dtype=dt) for k, (dt, _) in st.RESULT_FIELDS.items()}
         rows["failed"][:] = True
         st.write_chunk(run, chunk, rows, [f"{GAVE_UP}{reason}"] * n)
         return {"rows": n, "pid": os.getpid()}
@@ -131,7 +130,7 @@ def _reopen_given_up(run) -> None:
     for k in np.nonzero(done)[0]:
         rs = reasons[k * c:(k + 1) * c]
         if len(rs) and all(str(r).startswith(GAVE_UP) for r in rs):
-            run["done"].with_config(st.CODECS["config"])[int(k)] = False
+            st.reopen_chunk(run, int(k))
 
 
 def pick_device(device: str) -> str:
