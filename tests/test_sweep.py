@@ -82,6 +82,20 @@ def _wait_for_head(head: subprocess.Popen, port: int, timeout: float = 60) -> No
             time.sleep(0.5)
 
 
+def _wait_for_nodes(port: int, n: int, timeout: float = 60) -> None:
+    """Until the cluster at ``port`` lists ``n`` live nodes (`ray status`)."""
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        out = subprocess.run([str(RAY_BIN), "status", "--address", f"127.0.0.1:{port}"], env=_env(),
+                             capture_output=True, text=True, timeout=30).stdout
+        active = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        if active.count("node_") >= n:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster never showed {n} nodes:\n{out[-2000:]}")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -453,14 +467,15 @@ def test_sweep_survives_losing_a_node(grid, reference, tmp_path):
     driver = None
     try:
         _wait_for_head(head, port)
-        second = _ray_node(["--address", f"127.0.0.1:{port}"], tmp, env)
-        time.sleep(5)  # let the second node register
+        # Only the second node's workers see the stall hook (they inherit its raylet's environment):
+        # its actor stalls 6 s in its first shard, so the kill lands on an actor with a shard in flight.
+        stall_env = {sw.STALL_ENV: str(stall), "SML_SWEEP_STALL_SECONDS": "6"}
+        second = _ray_node(["--address", f"127.0.0.1:{port}"], tmp, dict(env, **stall_env))
+        _wait_for_nodes(port, 2)  # else both actors could land on the head
         out = tmp_path / "lost.zarr"
-        # One actor stalls 6 s in its first shard, so the kill lands with shards in flight.
-        denv = dict(_env(), **{sw.STALL_ENV: str(stall), "SML_SWEEP_STALL_SECONDS": "6"})
         driver = subprocess.Popen([*SML, "sweep", str(grid), "--out", str(out), "--address", f"127.0.0.1:{port}",
                                    "--workers", "2", "--placement-timeout", "10", "--no-progress", "--json"],
-                                  env=denv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while not (stall / "stalled").exists():
             assert driver.poll() is None, driver.stderr.read()[-3000:]
