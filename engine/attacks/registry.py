@@ -13,6 +13,10 @@ from engine.config import Config
 from engine.errors import UserError
 
 
+# The largest counts an attack accepts (the study's largest: ML-CW's 10 x 1000 steps).
+INT_LIMITS = {"iterations": 100_000, "binary_steps": 64, "workers": 1024}
+
+
 @dataclass(frozen=True, kw_only=True)
 class AttackConfig(Config):
     """Fields every attack has: the loss it minimises (see engine.attacks.losses)."""
@@ -38,6 +42,11 @@ class AttackConfig(Config):
         it = getattr(self, "iterations", None)
         if it is not None and it < 1:
             raise UserError(f"iterations must be >= 1, got {it}")
+        # Sane upper bounds: a count past them is a typo that would run for days, not a setting.
+        for name, hi in INT_LIMITS.items():
+            v = getattr(self, name, None)
+            if v is not None and v > hi:
+                raise UserError(f"{name} must be <= {hi}, got {v}")
         sp = getattr(self, "sparsity", None)
         if sp is not None and not 0 < sp < 1:
             raise UserError(f"sparsity must be in (0, 1), got {sp}")

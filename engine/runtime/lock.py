@@ -45,7 +45,7 @@ def _read(path: Path) -> dict | None:
         return {}  # torn or foreign: judged by its age below
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +57,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _stale(lease: dict, path: Path) -> bool:
     if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
-        return not _pid_alive(lease["pid"])
+        return not pid_alive(lease["pid"])
     try:
         age = time.time() - path.stat().st_mtime  # the heartbeat renews the file
     except FileNotFoundError:

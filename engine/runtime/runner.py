@@ -245,6 +245,11 @@ def open_run(p: Plan, root_group, rs: RunSpec):
                    "target_label": rs.target_label, "seed": rs.seed, "order": rs.order, "n_requested": n_req,
                    "early_exit": rs.early_exit, "exit_every": rs.exit_every if rs.early_exit else None,
                    "split": p.dataset.split}
+    mg = st.model_group(root_group, p.model_key, p.dataset_key)
+    # The content digest of the data read (sample list and file bytes): other data at resume is
+    # refused, an identical copy at another path is accepted. Not in runs from before it existed.
+    if mg.attrs.get("data_digest") is not None:
+        fingerprint["data_digest"] = mg.attrs["data_digest"]
     attrs = {"attack": spec.name, "title": spec.title, "preset": rs.preset, "target": rs.target,
              "target_label": rs.target_label, "config": cfg.to_dict(), "seed": rs.seed, "order": rs.order,
              "early_exit": rs.early_exit, "semantics": "stop-at-success" if rs.early_exit else "fixed-iterations",
@@ -252,7 +257,7 @@ def open_run(p: Plan, root_group, rs: RunSpec):
              **scoring, "num_labels": l,
              "label_names": p.dataset.label_names, "model_metrics": p.metrics, "checkpoint": p.checkpoint}
     image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
-    run = st.create_run(st.model_group(root_group, p.model_key, p.dataset_key), rs.key, n=len(picked),
+    run = st.create_run(mg, rs.key, n=len(picked),
                         num_labels=l, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=attrs,
                         sample_index=picked, labels_true=labels, fingerprint=fingerprint)
     # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.

@@ -61,10 +61,13 @@ class RunSpec(Config):
             raise UserError(f"unknown order {self.order!r}; valid: {', '.join(protocol.ORDERS)}")
         if self.rounding not in protocol.ROUNDINGS:
             raise UserError(f"unknown rounding {self.rounding!r}; valid: {', '.join(protocol.ROUNDINGS)}")
-        for name, lo in (("n", 1), ("chunk_size", 1), ("batch_size", 0), ("exit_every", 1)):
+        # Upper bounds a real run never reaches: past them a typo (n = 1e9, batch_size = 10**6) would
+        # allocate or loop for hours before failing, so it is refused here, in one line.
+        for name, lo, hi in (("n", 1, 10**7), ("chunk_size", 1, 10**6), ("batch_size", 0, 65536),
+                             ("exit_every", 1, 10**6), ("seed", 0, 2**63 - 1)):
             v = getattr(self, name)
-            if v is not None and v < lo:
-                raise UserError(f"{name} must be >= {lo}, got {v}")
+            if v is not None and not lo <= v <= hi:
+                raise UserError(f"{name} must be in {lo}..{hi}, got {v}")
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "config", cfg)
         object.__setattr__(self, "n_requested", self.n if self.n is not None else
@@ -79,5 +82,6 @@ class RunSpec(Config):
 
     @property
     def key(self) -> str:
-        """The run's group name in the store."""
-        return st.run_key(self.spec.name, self.preset, self.target, self.early_exit, self.target_label)
+        """The run's group name in the store (plus what the config adds, e.g. "+bf16")."""
+        return st.run_key(self.spec.name, self.preset, self.target, self.early_exit,
+                          self.target_label) + self.config.key_suffix()

@@ -35,6 +35,10 @@ error naming the run, array and chunk, never a table computed from fill values. 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from engine.errors import UserError
+from engine.runtime.lock import pid_alive
 
 FORMAT = 2  # run groups: 2 = checksummed chunks, every chunk written
 # Every array of a run: zstd with its frame checksum; all chunks written (see the module docstring).
@@ -126,30 +131,67 @@ def _writable(run: zarr.Group, name: str) -> zarr.Array:
     return run[name].with_config(CODECS["config"])
 
 
+PARTIAL = ".partial-"  # a run group being made: built under key + PARTIAL + a token, then renamed
+
+
 def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_shape: tuple[int, ...] | None,
                chunk_size: int, attrs: dict[str, Any], sample_index: np.ndarray, labels_true: np.ndarray,
                fingerprint: dict[str, Any]) -> zarr.Group:
     """Create run ``key`` in ``group``, or reopen it if it was created by the same run.
 
-    A group made with a different fingerprint (checkpoint, attack config, samples) is refused:
-    results of two different runs are never mixed.
+    A group made with a different fingerprint (checkpoint, attack config, samples, data) is refused:
+    results of two different runs are never mixed. On a local store the group is built under a
+    name of its own and renamed into place when complete, so no writer ever sees (or deletes)
+    another writer's half-made group; of two writers creating the same run, the first rename wins
+    and the other reopens it.
     """
     fp = _json_safe(fingerprint)
+    root = getattr(group.store, "root", None)
     if key in group and "fingerprint" not in group[key].attrs:
-        # The attributes are written last: a group without them is a creation that was killed
-        # half-way (its done flags cannot be set yet), so it is simply made again.
-        del group[key]
-    if key in group:
-        run = group[key]
-        old = run.attrs.get("fingerprint")
-        if old != fp:
-            diff = sorted(k for k in set(old or {}) | set(fp) if (old or {}).get(k) != fp.get(k))
-            raise UserError(
-                f"{group.store_path}/{key}: the store already holds a different run here (differs in: "
-                f"{', '.join(diff) or 'everything'}); write to another --out, or delete that group to start afresh"
-            )
-        return run
-    run = group.create_group(key)
+        if root is None:
+            raise UserError(f"{group.store_path}/{key}: a run group without a fingerprint (half-made: another "
+                            f"writer may be creating it now); if none is, delete that group and run again")
+        # On a local store a group only appears under its name complete (see above): this one was
+        # left by a writer from before atomic creation that was killed half-way, so it is made again.
+        _remove(group, key)
+    if key not in group:
+        if root is None:  # object stores cannot rename: build in place, the fingerprint last
+            _fill_run(group.create_group(key), n=n, num_labels=num_labels, image_shape=image_shape,
+                      chunk_size=chunk_size, attrs=attrs, sample_index=sample_index, labels_true=labels_true,
+                      fp=fp)
+            return group[key]
+        _clear_partials(group, key)
+        tmp = f"{key}{PARTIAL}{uuid.uuid4().hex[:12]}"
+        _fill_run(group.create_group(tmp, attributes={"partial_of": {"host": socket.gethostname(),
+                                                                     "pid": os.getpid()}}),
+                  n=n, num_labels=num_labels, image_shape=image_shape, chunk_size=chunk_size, attrs=attrs,
+                  sample_index=sample_index, labels_true=labels_true, fp=fp)
+        base = Path(root) / group.path
+        try:
+            os.rename(base / tmp, base / key)
+        except OSError:  # another writer's rename came first: reopen theirs below
+            _remove(group, tmp)
+        else:
+            del group[key].attrs["partial_of"]
+    run = group[key]
+    old = run.attrs.get("fingerprint")
+    # Keys added to fingerprints later (ADDED) are compared only where the stored run has them.
+    old_cmp = dict(old or {})
+    new_cmp = {k: v for k, v in fp.items() if k not in ADDED or k in old_cmp}
+    if old_cmp != new_cmp:
+        diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
+        raise UserError(
+            f"{group.store_path}/{key}: the store already holds a different run here (differs in: "
+            f"{', '.join(diff) or 'everything'}); write to another --out, or delete that group to start afresh"
+        )
+    return run
+
+
+ADDED = ("data_digest",)  # fingerprint keys newer than format-1 stores
+
+
+def _fill_run(run: zarr.Group, *, n, num_labels, image_shape, chunk_size, attrs, sample_index, labels_true,
+              fp) -> None:
     n_chunks = max(1, -(-n // chunk_size))
     c = chunk_size
     run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64", **CODECS)[:] = sample_index
@@ -165,7 +207,22 @@ def create_run(group: zarr.Group, key: str, *, n: int, num_labels: int, image_sh
     run.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False, **CODECS)
     run.attrs.update(_json_safe({**attrs, "fingerprint": fp, "chunk_size": chunk_size, "n": n,
                                  "store_format": FORMAT}))
-    return run
+
+
+def _remove(group: zarr.Group, name: str) -> None:
+    root = getattr(group.store, "root", None)
+    if root is not None:
+        shutil.rmtree(Path(root) / group.path / name, ignore_errors=True)
+    else:
+        del group[name]
+
+
+def _clear_partials(group: zarr.Group, key: str) -> None:
+    """Remove half-made groups of ``key`` whose maker, on this host, is gone (a killed creation)."""
+    for name in [m for m in group.group_keys() if m.startswith(key + PARTIAL)]:
+        who = dict(group[name].attrs).get("partial_of", {})
+        if who.get("host") == socket.gethostname() and isinstance(who.get("pid"), int) and not pid_alive(who["pid"]):
+            _remove(group, name)
 
 
 def write_chunk(run: zarr.Group, chunk: int, rows: dict[str, np.ndarray], reasons: list[str],
@@ -247,5 +304,5 @@ def iter_runs(root: zarr.Group):
     for model, mg in sorted(root.groups()):
         for dataset, dg in sorted(mg.groups()):
             for key, run in sorted(dg.groups()):
-                if "done" in run:
+                if "done" in run and PARTIAL not in key:
                     yield model, dataset, key, run
