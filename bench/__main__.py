@@ -1,8 +1,11 @@
 """`make bench` / `python -m bench [--device cuda] [--quick]`: throughput figures, side by side.
 
-Sections: gradient attacks vs the model's floor and the peers (bench_attacks), early exit on the
-demo set, the MLA-LP solver vs the primal LP (bench_lp), and sweeps (bench_sweep, when present).
-Every run writes bench/results/<date>-<host>.json and bench/results/latest.json (a list of rows).
+Sections: gradient attacks vs the model's floor and the peers (bench_attacks), the precisions
+(fp32 / tf32 / bf16: speed and agreement with fp32), early exit on the demo set, the MLA-LP solver
+vs the primal LP (bench_lp), sweeps (bench_sweep, when present), and the device profile.
+Every run writes bench/results/<date>-<host>.json and bench/results/latest.json (a list of rows);
+the profile section writes bench/results/profile-<device>-<host>.json, which
+``sml sweep FILE --plan --device-profile`` reads.
 Compiled artifacts are cached in bench/cache (TORCHINDUCTOR_CACHE_DIR), so a second run skips most
 of the compile time.
 """
@@ -60,7 +63,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer repeats (<= 5 minutes on 2 cores)")
-    ap.add_argument("--only", help="comma-separated sections: attacks, early, lp, sweep")
+    ap.add_argument("--only", help="comma-separated sections: attacks, precision, early, lp, sweep, profile")
+    ap.add_argument("--attacks", help="comma-separated gradient attacks for the attacks and precision sections "
+                                      "(default: all six)")
     a = ap.parse_args(argv)
     import torch
 
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    sections = set((a.only or "attacks,early,lp,sweep").split(","))
+    sections = set((a.only or "attacks,precision,early,lp,sweep,profile").split(","))
+    chosen = tuple(a.attacks.split(",")) if a.attacks else bench_attacks.ATTACKS
     repeats = 2 if a.quick else 5
     rows: list[dict] = []
     t_start = time.perf_counter()
@@ -97,14 +103,42 @@ def main(argv=None) -> int:
         x32, _ = data.stack(ds, cand[:32].tolist())
         log("gradient attacks: demo ML-GCN (tiny, 32 px), batch 32")
         out = bench_attacks.bench_model(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
-                                        device=a.device, log=log)
+                                        device=a.device, log=log, names=chosen)
         ds64 = data.load("demo", root=demo_root, size=64)
         x64, _ = data.stack(ds64, cand[:32].tolist())
         log("gradient attacks: ResNet-18 + ML-GCN head at 64 px, batch 32")
-        names = ("pgd",) if a.quick else bench_attacks.ATTACKS
+        names = tuple(n for n in chosen if n == "pgd" or not a.quick) or chosen
         out += bench_attacks.bench_model(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
                                          repeats=1 if a.quick else repeats, device=a.device, log=log, names=names)
         return out
+
+    def precision_section():
+        x32, _ = data.stack(ds, cand[:32].tolist())
+        log("precisions: demo ML-GCN (tiny, 32 px), batch 32")
+        out = bench_attacks.precision_rows(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
+                                           device=a.device, names=chosen, log=log)
+        x64, _ = data.stack(data.load("demo", root=demo_root, size=64), cand[:32].tolist())
+        log("precisions: ResNet-18 + ML-GCN head at 64 px, batch 32")
+        names = tuple(n for n in chosen if n in ("fgsm", "pgd")) if a.quick else chosen
+        out += bench_attacks.precision_rows(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
+                                            repeats=1 if a.quick else repeats, device=a.device, names=names or chosen,
+                                            log=log)
+        return out
+
+    def profile_section():
+        """fwd+bwd and fwd seconds per image of the bench's models, batch 32, for `sml sweep --plan`."""
+        from engine.runtime.sweep import plan
+
+        entries = []
+        for (backbone, size), model in (("tiny", 32), demo_model), (("resnet18", 64), _resnet18_mlgcn(a.device)):
+            t = plan.measure(model, (3, size, size), 32, a.device)
+            entries.append(plan.profile_entry(backbone, "mlgcn", size, t))
+            log(f"  profile {backbone}@{size}: {t.fwd_bwd * 1e3:.3f} ms fwd+bwd, {t.fwd * 1e3:.3f} ms fwd per image")
+        name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{a.device} ({socket.gethostname()})"
+        path = out_dir / f"profile-{a.device.replace(':', '')}-{socket.gethostname()}.json"
+        plan.write_profile(path, a.device, name, entries)
+        log(f"  wrote {path}")
+        return [{"bench": "profile", "path": str(path), **e} for e in entries]
 
     def early_section():
         n = 128 if a.quick else len(cand)
@@ -125,9 +159,11 @@ def main(argv=None) -> int:
         return bench_sweep.run(a.quick)
 
     section("attacks", attacks_section)
+    section("precision", precision_section)
     section("early", early_section)
     section("lp", lp_section)
     section("sweep", sweep_section)
+    section("profile", profile_section)
     meta = {"bench": "meta", "host": socket.gethostname(), "device": a.device, "quick": a.quick,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,

@@ -5,6 +5,9 @@ floor          40 x (forward + backward to the input) of the same model and batc
 ours-eager     engine.attacks.run, eager (the fused kernels of kernels.dispatch).
 ours-compiled  the same with compile=True (each iteration one torch.compile graph).
 ours-early-exit  eager, samples that show every label leave the batch (checked every 4 iterations).
+ours-no-eval   one-step attacks: ours up to x_adv without scoring it (the clean pass, whose logits
+               give the targets and whose gradient the step, then the step): the work torchattacks
+               does, which returns x_adv and evaluates nothing.
 advertorch     AdverTorch 0.2.3's class with the same loss (sum of clamped BCE) and parameters.
 torchattacks   torchattacks 3.5.1 where it has the attack; its loss is cross-entropy, so the model is
                wrapped to output (-L, 0) with target class 0: CE = log(1 + e^L), whose gradient is
@@ -27,7 +30,8 @@ import torch
 from torch import nn
 
 from engine import attacks
-from engine.attacks.driver import grad_and_logits, sample_noise
+from engine.attacks import losses, precision, targets
+from engine.attacks.driver import clean_step, grad_and_logits, sample_noise
 from engine.attacks.losses import bce
 
 ATTACKS = ("fgsm", "fgm", "bim", "pgd", "mifgsm", "slide")
@@ -130,6 +134,21 @@ def peer_runs(model: nn.Module, x: torch.Tensor, name: str, cfg, y_star: torch.T
     return runs
 
 
+def no_eval_run(model: nn.Module, x: torch.Tensor, name: str, ids: list[int]) -> Callable:
+    """Ours for a one-step attack without the forward that scores x_adv (see the module docstring)."""
+    spec, cfg = attacks.get(name), attacks.make_config(name, "paper")
+    loss_fn = losses.get(cfg.loss, cfg.prob_clamp)
+
+    def target_of(logits):
+        return targets.build("show-many", logits >= 0, ids, 0)
+
+    def run():
+        _, _, (grad, _) = clean_step(model, x, target_of, loss_fn)
+        return spec.step(x.clone(), x, grad, None, cfg)[0]
+
+    return run
+
+
 def floor_run(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, iterations: int) -> Callable:
     def run():
         for _ in range(iterations):
@@ -158,6 +177,8 @@ def bench_model(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: 
             "ours-compiled": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, compile=True, **p),
             "ours-early-exit": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, early_exit=True, **p),
         }
+        if not hasattr(cfg, "iterations"):
+            ours["ours-no-eval"] = no_eval_run(model, x, name, ids)
         peers = peer_runs(model, x, name, cfg, y_star, noise)
         plans[name] = (cfg, ours, peers)
         # Warm-up (and the compile) outside the timings; the compiled artifact is reused afterwards.
@@ -195,12 +216,61 @@ def bench_model(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: 
                    "iterations": n_iter, "batch": x.shape[0], "ratio_to_floor": med / fl}
             if prov in peers:
                 row["peer_over_ours"] = med / eager
+                if (name, "ours-no-eval") in times:
+                    row["peer_over_ours_no_eval"] = med / statistics.median(times[(name, "ours-no-eval")])
+            if prov in peers or prov == "ours-no-eval":
                 theirs, mine = counts[(name, prov)], counts[(name, "ours-eager")]
                 row["same_label_counts_as_ours"] = bool(torch.equal(theirs, mine))
                 row["label_count_agreement"] = float((theirs == mine).float().mean())
             if prov == "ours-early-exit":
                 row["same_label_counts_as_ours"] = None  # a different semantics: stops at success
             rows.append(row)
+    return rows
+
+
+def precision_rows(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: int, device: str,
+                   names=ATTACKS, log=print) -> list[dict]:
+    """Per attack: seconds of ours-eager under each precision and how often the final label count
+    of a sample equals fp32's (same samples, same targets). A precision this device lacks gets a row
+    saying why it was skipped."""
+    model = attacks.attack_mode(model).__enter__()
+    ids = list(range(x.shape[0]))
+    dev = torch.device(device).type
+    skipped = {}
+    ok, why = precision.bf16_supported(dev)
+    if not ok:
+        skipped["bf16"] = f"no bf16 autocast on {dev} ({why})"
+    if dev != "cuda":
+        skipped["tf32"] = "TF32 is a CUDA tensor-core format: on CPU tf32 runs as fp32"
+    modes = [m for m in attacks.registry.PRECISIONS if m not in skipped]
+    rows = []
+    for name in names:
+        params = {"iterations": ITERATIONS} if name not in ("fgsm", "fgm") else {}
+        runs = {m: (lambda m=m, n=name, p=params: attacks.run(model, x, n, sample_ids=ids, precision=m, **p))
+                for m in modes}
+        for fn in runs.values():
+            fn()  # warm-up
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        counts = {}
+        for _ in range(repeats):  # interleaved, so that load drifts hit every precision alike
+            for m, fn in runs.items():
+                dt, res = _timed(fn, device)
+                times[m].append(dt)
+                counts[m] = res.label_count_final.cpu()
+        base = statistics.median(times["fp32"])
+        for m in attacks.registry.PRECISIONS:
+            row = {"bench": "precision", "model": model_name, "attack": name, "precision": m, "batch": x.shape[0],
+                   "iterations": params.get("iterations", 1), "repeats": repeats}
+            if m in skipped:
+                row["skipped"] = skipped[m]
+            else:
+                med = statistics.median(times[m])
+                diff = (counts[m] - counts["fp32"]).abs().float()
+                row.update(seconds_median=med, fp32_over_this=base / med,
+                           label_count_agreement=float((diff == 0).float().mean()),
+                           mean_abs_label_count_diff=float(diff.mean()))
+            rows.append(row)
+        log(f"  {model_name}/{name}: precisions timed")
     return rows
 
 
@@ -246,11 +316,24 @@ def format_table(rows: list[dict]) -> str:
     for r in att:
         ratio = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "1.00"
         peer = f"{r['peer_over_ours']:.2f}" if "peer_over_ours" in r else ""
+        if "peer_over_ours_no_eval" in r:
+            peer += f" ({r['peer_over_ours_no_eval']:.2f} vs ours-no-eval)"
         same = {True: "yes", False: "no", None: ""}[r.get("same_label_counts_as_ours")]
         if r.get("same_label_counts_as_ours") is False:
             same += f" ({100 * r['label_count_agreement']:.0f}% of samples)"
         out.append(f"| {r['model']} | {r['attack']} | {r['provider']} | {r['seconds_median']:.3f} | {ratio} | "
                    f"{peer} | {same} |")
+    pr = [r for r in rows if r.get("bench") == "precision"]
+    if pr:
+        out += ["", "| model | attack | precision | median s | speed-up vs fp32 | same final label count as fp32 |",
+                "|---|---|---|---|---|---|"]
+        for r in pr:
+            if "skipped" in r:
+                out.append(f"| {r['model']} | {r['attack']} | {r['precision']} | skipped: {r['skipped']} | | |")
+                continue
+            out.append(f"| {r['model']} | {r['attack']} | {r['precision']} | {r['seconds_median']:.3f} | "
+                       f"{r['fp32_over_this']:.2f}x | {100 * r['label_count_agreement']:.0f}% of samples "
+                       f"(mean abs diff {r['mean_abs_label_count_diff']:.2f}) |")
     ee = [r for r in rows if r.get("bench") == "early-exit"]
     if ee:
         out += ["", "| attack (demo set) | samples | fixed s | early-exit s | speed-up | top success fixed "

@@ -16,11 +16,13 @@ from engine import data
 from engine.config import DemoDataConfig, ModelConfig, load_toml
 from engine.data import demo
 from engine.errors import UserError
+from engine.export import export_csv
 from engine.models.evaluate import evaluate
 from engine.models.train import recipe, train
 from engine.report import render, table1_markdown
 from engine.runtime.runner import attack_checkpoint
 from engine.runtime.sweep import run_sweep, sweep_status
+from engine.runtime.sweep.plan import format_plan, plan_sweep
 from engine.util import write_text_atomic
 
 
@@ -48,7 +50,11 @@ def _checkpoint_kw(a: argparse.Namespace) -> dict:
             names = [ln.strip() for ln in Path(a.label_names).read_text().splitlines() if ln.strip()]
         except OSError:
             raise UserError(f"{a.label_names}: label names file not found") from None
-    return {"embedding": a.embedding, "label_names": names, "trust_pickle": a.trust_checkpoint}
+    # Your own model (--factory, --torchscript, --torchvision): engine.models.sources checks the combination.
+    own = {k: getattr(a, k) for k in ("factory", "torchscript", "torchvision", "output", "input_size")
+           if getattr(a, k) is not None}
+    return {"embedding": a.embedding, "label_names": names, "trust_pickle": a.trust_checkpoint,
+            "own_model": own or None}
 
 
 def cmd_data_demo(a: argparse.Namespace) -> None:
@@ -84,7 +90,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     rows = [evaluate(c, dataset=a.dataset, root=a.root, split=a.split, **_checkpoint_kw(a), **_data_kw(a))
-            for c in a.checkpoint]
+            for c in a.checkpoint or [None]]
     obj = rows[0] if len(rows) == 1 else rows
     _emit_json(obj, a.out)
     if a.json:
@@ -127,9 +133,13 @@ def cmd_attack(a: argparse.Namespace) -> None:
 
 def cmd_report(a: argparse.Namespace) -> None:
     paths = render(a.store, a.out, tuple(f.strip() for f in a.format.split(",") if f.strip()),
-                   allow_incomplete=a.allow_incomplete)
+                   allow_incomplete=a.allow_incomplete, vs=a.vs)
     for path in paths:
         print(path)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    print(export_csv(a.store, a.csv))
 
 
 def cmd_sweep(a: argparse.Namespace) -> None:
@@ -138,6 +148,14 @@ def cmd_sweep(a: argparse.Namespace) -> None:
             raise UserError("--status STORE takes no sweep file and no --out")
         print(json.dumps(sweep_status(a.status), indent=1))
         return
+    if a.device_profile and not a.plan:
+        raise UserError("--device-profile goes with --plan")
+    if a.plan:
+        if not a.sweep or a.out:
+            raise UserError("usage: sml sweep SWEEP.toml --plan [--device-profile P] (no --out: nothing is written)")
+        res = plan_sweep(a.sweep, device_profile=a.device_profile)
+        print(json.dumps(res, indent=1) if a.json else format_plan(res))
+        return
     if not a.sweep or not a.out:
         raise UserError("usage: sml sweep SWEEP.toml --out STORE.zarr [--address auto|HOST:PORT] [--workers K] "
                         "[--local], or sml sweep --status STORE.zarr")
@@ -145,7 +163,7 @@ def cmd_sweep(a: argparse.Namespace) -> None:
         raise UserError("--local runs without Ray; it cannot be combined with --address")
     res = run_sweep(a.sweep, a.out, address=a.address, workers=a.workers, local=a.local,
                     progress=not a.no_progress, placement_timeout=a.placement_timeout,
-                    retry_failed=a.retry_failed)
+                    retry_failed=a.retry_failed, yes=a.yes)
     if a.json:
         print(json.dumps(res, indent=1, default=str))
         return

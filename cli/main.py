@@ -39,9 +39,21 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", help="ML-GCN release checkpoints: the GloVe pickle (default: found next to it)")
-    p.add_argument("--label-names", help="file with the checkpoint's label names, one per line")
+    p.add_argument("--label-names", help="file with the model's label names, one per line")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="fully unpickle a checkpoint the safe loader refuses (only for files you trust)")
+    # Your own model instead of an ML-GCN / ML-LIW checkpoint (the contract: engine.models.sources).
+    p.add_argument("--factory", metavar="MODULE:FUNCTION",
+                   help="your model from a Python function: returns an nn.Module mapping images in [0, 1] to "
+                        "scores per label, or (module, label_names); called with --checkpoint if given")
+    p.add_argument("--torchscript", metavar="FILE", help="your model as a TorchScript file (torch.jit.save)")
+    p.add_argument("--torchvision", metavar="ARCH",
+                   help="a torchvision classifier (e.g. resnet18) whose multi-label head's state dict is "
+                        "--checkpoint (ImageNet normalisation is put in front)")
+    p.add_argument("--output", choices=("logits", "probabilities"),
+                   help="what your model outputs (default logits; probabilities are converted to logits)")
+    p.add_argument("--input-size", type=int, help="your model's input size in px (default: the model's "
+                                                  "input_size attribute, else the data set's)")
 
 
 # ---------------------------------------------------------------- data
@@ -87,7 +99,7 @@ def _train(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- evaluate
 @command("evaluate", "Table 1 metrics of one or more checkpoints")
 def _evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, nargs="+")
+    p.add_argument("--checkpoint", nargs="+", help="one or more checkpoints (or your own model's weights file)")
     p.add_argument("--dataset", help="default: the checkpoint's training data set")
     p.add_argument("--root", help="default: the checkpoint's training data root")
     p.add_argument("--split", help="default: the data set's test split")
@@ -100,7 +112,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- attack
 @command("attack", "run one attack of the study's protocol on a checkpoint into a Zarr store")
 def _attack(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of --factory / --torchvision")
     p.add_argument("--attack", required=True, help="a registered attack (an unknown name lists them)")
     p.add_argument("--preset", default="paper", help="paper | released (| demo, full where defined)")
     p.add_argument("--target", default="show-many",
@@ -139,9 +151,17 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="md,csv,json", help="comma-separated: md, csv, json")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="report the runs that are intact and list the damaged ones instead of stopping")
+    p.add_argument("--vs", metavar="PARAM", help="plot success against this swept parameter only (default: "
+                                                 "a plot per parameter a grid varies)")
 
 
 # ---------------------------------------------------------------- sweep
+@command("export", "one CSV row per (run, attacked sample) from a result store")
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store")
+    p.add_argument("--csv", required=True, metavar="DIR", help="folder to write samples.csv into")
+
+
 @command("sweep", "run a sweep file (models x attacks x presets x targets) over Ray actors into one store")
 def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", nargs="?", metavar="SWEEP.toml", help="sweep file (see sweeps/paper.toml)")
@@ -150,12 +170,17 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join a running Ray cluster: auto | HOST:PORT (default: start Ray here)")
     p.add_argument("--workers", type=int, help="actors (default: one per GPU, or one per CPU without GPUs)")
     p.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+    p.add_argument("--yes", action="store_true", help="run a sweep of more runs than its [sweep] max_runs")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the shards whose samples were recorded as failed after repeated errors")
     p.add_argument("--placement-timeout", type=float, metavar="S",
                    help="seconds an actor may wait to be placed before the sweep goes on without it (default 60)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--plan", action="store_true",
+                   help="attack nothing: print the samples, passes and device time per run and the total on "
+                        "1, 4, 8, 32 devices (timed here on each model, or from --device-profile)")
+    p.add_argument("--device-profile", metavar="P", help="with --plan: a device profile written by `make bench`")
 
 
 # ---------------------------------------------------------------- entry point

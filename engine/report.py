@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from engine.attacks.registry import ORDER
 from engine.errors import UserError
-from engine.runtime import runner
+from engine.runtime import provenance, runner
 from engine.runtime import store as st
 from engine.util import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 MODEL_NAMES = {"mlgcn": "ML-GCN", "mlliw": "ML-LIW"}
 T1_COLUMNS = (("hamming_loss", "Hamming Loss"), ("ranking_loss", "Ranking Loss"),
@@ -55,14 +58,21 @@ def collect(store_path, damaged: list[str] | None = None) -> tuple[list[dict], l
 
 
 def _order(row: dict) -> tuple:
+    """Attacks in the study's order; a grid's runs by their parameter values (0.01 < 0.03 < 0.1 < 1.0,
+    which the names alone would not sort)."""
     a = row["attack"]
-    return (row["model_key"], row["dataset"], ORDER.index(a) if a in ORDER else 99, row["run"])
+    params = tuple((k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+                   for k, v in sorted(row.get("params", {}).items()))
+    return (row["model_key"], row["dataset"], ORDER.index(a) if a in ORDER else 99, row["run"].split("@")[0],
+            params, row["run"])
 
 
 def _label(row: dict) -> str:
     t = row["title"]
-    if row["preset"] != "paper":
-        t += f" ({row['preset']})"
+    how = ([row["preset"]] if row["preset"] != "paper" else []) + (
+        [st.param_label(row["params"])] if row.get("params") else [])
+    if how:
+        t += f" ({'; '.join(how)})"
     if row["semantics"] == "stop-at-success":
         t += " [early exit]"
     return t
@@ -125,7 +135,8 @@ def long_rows(rows: list[dict]) -> list[dict]:
             levels = r["exp_labels"] if r["target"] == "show-many" else [None]
             for n, (exp, v) in enumerate(zip(levels, vals)):
                 out.append({"model": r["model"], "model_key": r["model_key"], "dataset": r["dataset"],
-                            "attack": r["attack"], "preset": r["preset"], "target": r["target"],
+                            "attack": r["attack"], "preset": r["preset"], "run": r["run"],
+                            "params": st.param_label(r.get("params", {}), ";"), "target": r["target"],
                             "semantics": r["semantics"], "count": sem, "n": n, "exp_labels": exp,
                             "success_rate": v, "samples": r["n_eligible"], "samples_requested": r["n_requested"],
                             "order": r["order"], "rounding": r["rounding"], "avg_labels": r["avg_labels"],
@@ -150,20 +161,81 @@ def plot(rows: list[dict], out_dir) -> list:
             for r in (r for r in mine if r["dataset"] == ds):
                 ax.plot(range(len(r["success_final"])), r["success_final"], marker="o", label=_label(r))
             ax.set_title(f"{MODEL_NAMES.get(mine[0]['model'], mk)} ({mk}) on {ds}")
-            ax.set_xlabel("n (expLabels level)")
-            ax.set_ylabel("success rate (final iterate)")
-            ax.set_ylim(-0.03, 1.03)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        p = Path(out_dir) / f"success_{mk}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+            _success_axes(ax, "n (expLabels level)")
+        paths.append(_save(plt, fig, Path(out_dir) / f"success_{mk}.png"))
     return paths
 
 
-def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete: bool = False) -> list:
+def _success_axes(ax, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("success rate (final iterate)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def swept(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+    """Parameters a grid varies: (model key, data set, attack, preset) -> {parameter: its runs},
+    for each parameter that takes at least two numeric values among that attack's show-many runs."""
+    fams: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["target"] == "show-many" and r.get("params"):
+            fams.setdefault((r["model_key"], r["dataset"], r["attack"], r["preset"], r["semantics"]), []).append(r)
+    out: dict[tuple, dict[str, list[dict]]] = {}
+    for fam, rs in fams.items():
+        for p in sorted({k for r in rs for k in r["params"]}):
+            mine = [r for r in rs if isinstance(r["params"].get(p), (int, float))
+                    and not isinstance(r["params"].get(p), bool)]
+            if len({r["params"][p] for r in mine}) >= 2:
+                out.setdefault(fam, {})[p] = mine
+    return out
+
+
+def plot_swept(rows: list[dict], out_dir, only: str | None = None) -> list:
+    """Per swept parameter: success (final iterate) against its values, one line per n level (and
+    per setting of the grid's other parameters, told apart by line style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for (mk, ds, attack, preset, _), params in sorted(swept(rows).items()):
+        for p, rs in params.items():
+            if only is not None and p != only:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            others: dict[tuple, list[dict]] = {}
+            for r in rs:
+                others.setdefault(tuple((k, v) for k, v in sorted(r["params"].items()) if k != p), []).append(r)
+            styles = ["-", "--", ":", "-."]
+            for j, (rest, line) in enumerate(sorted(others.items(), key=lambda kv: str(kv[0]))):
+                line = sorted(line, key=lambda r: r["params"][p])
+                xs = [r["params"][p] for r in line]
+                suffix = f" ({', '.join(f'{k}={v}' for k, v in rest)})" if rest else ""
+                for n in range(len(line[0]["success_final"])):
+                    ax.plot(xs, [r["success_final"][n] for r in line], marker="o", color=f"C{n}",
+                            linestyle=styles[j % len(styles)], label=f"n = {n}{suffix}")
+            title = rs[0]["title"] + ("" if preset == "paper" else f" ({preset})")
+            ax.set_title(f"{title} on {MODEL_NAMES.get(rs[0]['model'], mk)} ({mk}), {ds}")
+            values = [r["params"][p] for r in rs]
+            if min(values) > 0 and max(values) >= 10 * min(values):  # a grid over decades: log axis
+                ax.set_xscale("log")
+            _success_axes(ax, p)
+            name = f"success_vs_{p}_{mk}_{ds}_{attack}{'' if preset == 'paper' else '.' + preset}.png"
+            paths.append(_save(plt, fig, Path(out_dir) / name))
+    return paths
+
+
+def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete: bool = False,
+           vs: str | None = None) -> list:
     """Write Tables 1-3 (md / csv / json) and the plots into ``out_dir`` (``allow_incomplete``: the
     intact runs, the damaged ones listed)."""
     bad = sorted(set(formats) - {"md", "csv", "json"})
@@ -173,6 +245,9 @@ def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete:
     rows, t1 = collect(store_path, damaged)
     if not rows:
         raise UserError(f"{store_path}: the store holds no attack runs yet")
+    if vs is not None and not any(vs in ps for ps in swept(rows).values()):
+        raise UserError(f"--vs {vs}: no attack in {store_path} has runs at two or more values of {vs} "
+                        f"(swept here: {', '.join(sorted({p for ps in swept(rows).values() for p in ps})) or 'none'})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -208,5 +283,37 @@ def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete:
         doc = {"table1": t1, "runs": rows, **({"damaged": damaged} if damaged else {})}
         write_text_atomic(out / "tables.json", json.dumps(doc, indent=1, default=str) + "\n")
         written.append(out / "tables.json")
+    prov, warnings = provenance_report(store_path, rows)
+    for w in warnings:
+        log.warning("%s", w)
+    write_text_atomic(out / "provenance.json", json.dumps({"runs": prov, "warnings": warnings}, indent=1) + "\n")
+    written.append(out / "provenance.json")
     written += plot(rows, out)
+    written += plot_swept(rows, out, vs)
     return written
+
+
+def provenance_report(store_path, rows: list[dict]) -> tuple[dict[str, dict], list[str]]:
+    """({model/dataset/run: its provenance summary}, warnings): one warning per table block (model,
+    data set) whose runs come from different package versions, devices or engine commits."""
+    root = st.open_store(store_path, "r")
+    prov = {}
+    for r in rows:
+        path = f"{r['model_key']}/{r['dataset']}/{r['run']}"
+        run = root[path]
+        if "provenance" in run:
+            done = st.done_flags(run)
+            recs = st.read(run, "provenance")
+            prov[path] = provenance.summarise([str(x) for x, d in zip(recs, done) if d])
+    warnings = []
+    blocks: dict[tuple, list[str]] = {}
+    for path in prov:
+        blocks.setdefault(tuple(path.split("/")[:2]), []).append(path)
+    for (mk, ds), paths in sorted(blocks.items()):
+        for field in provenance.COMPARED:
+            vals = {json.dumps(v, sort_keys=True) for p in paths for v in prov[p].get(field, [])}
+            if len(vals) > 1:
+                seen = "; ".join(sorted(vals))[:300]
+                warnings.append(f"{mk}/{ds}: its runs were made with different {field} ({seen}); "
+                                f"their numbers may not be comparable (see provenance.json)")
+    return prov, warnings

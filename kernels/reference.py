@@ -48,8 +48,9 @@ L2_PROJ_FLOOR = 1e-12
 # pattern is monotone in the value, so a search over integers in
 # [0, MAX_FINITE_BITS] is an exact search over every float32 in [0, inf]: it
 # needs no data range and lands on an exact float.  Both slide searches work
-# this way: they build the answer's bit pattern from the top bit down (a
-# radix-2 select), one counting/summing pass per bit.
+# this way (except tau on CPU, where torch.topk is faster): they build the
+# answer's bit pattern from the top bit down (a radix-2 select), one
+# counting/summing pass per bit.
 MAX_FINITE_BITS = 0x7F800000
 # Bits 30..0 (bit 31 is the sign, always clear for magnitudes).
 SEARCH_ITERS = 31
@@ -148,6 +149,20 @@ def _kth_largest_bits(bits: torch.Tensor, k: int) -> torch.Tensor:
     return t
 
 
+def _kth_largest_pattern(g: torch.Tensor, bits: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the bit pattern of the k-th largest |g| (bits: the patterns of |g|).
+
+    On CPU torch.topk is 3-5x faster than the 31-pass search (bench/bench_kernels.py measures both);
+    the k-th largest value is exact either way, ties included.  Elsewhere the search, which
+    inductor fuses into a few reductions under torch.compile.  The device is static, so the
+    choice costs nothing under torch.compile.
+    """
+    if g.device.type == "cpu":
+        kth = torch.topk(g.abs(), k, dim=1, sorted=False).values.amin(dim=1)
+        return kth.view(torch.int32)
+    return _kth_largest_bits(bits, k)
+
+
 def _l1_mass(av: torch.Tensor, cap: torch.Tensor | None, theta: torch.Tensor) -> torch.Tensor:
     """sum_j min(max(|v_j| - theta, 0), cap_j) per row; non-increasing in theta."""
     t = (av - theta[:, None]).clamp_min(0.0)
@@ -187,7 +202,7 @@ def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection
     g = _per_sample(grad)
     # abs() clears the sign bit, so these patterns are >= 0 and order like |g|.
     bits = g.abs().view(torch.int32)
-    tau = _kth_largest_bits(bits, k)
+    tau = _kth_largest_pattern(g, bits, k)
     # Raising the threshold to the smallest positive pattern is exactly the
     # "zero gradients are never selected" rule; ties at tau are all kept.
     mask = bits >= tau.clamp_min(1)[:, None]

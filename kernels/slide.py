@@ -1,58 +1,54 @@
-"""Triton kernel for the SLIDE / sparse L1 descent step.
+"""Triton kernels for the SLIDE / sparse L1 descent step.
 
-One program per sample, looping over the sample's blocks.  A step needs two
-exact per-sample searches (the k-th largest |g|, then the soft threshold theta
-of the L1/box projection), each a sequence of dependent global reductions.
-With a (sample, block) grid every reduction would be a separate launch (about
-20 of them, each tiny); with one program per sample the whole search runs in
-one launch with its state in registers, and a sample's data (~1.8 MB for
-224x224x3 x {x, x0, g}) stays in L2 across the passes.  The price is
-parallelism limited to B programs, acceptable for a kernel whose job is to
-replace a sort.
-
-Both searches build the answer's float32 bit pattern from the top down, like
-the reference, but 4 bits per pass: each pass evaluates the predicate at all
-16 values of the next hex digit at once (a [BLOCK, 16] tile per block), so a
-31-bit answer takes 8 passes instead of 31.  The extra compares are free in a
-bandwidth-bound loop.  The passes are:
+A step needs two exact per-sample searches: tau, the k-th largest |g|, then theta, the soft
+threshold of the L1(/box) projection.  Both build the answer's float32 bit pattern from the top
+down, like the reference, but 4 bits per pass: a pass evaluates the predicate at all 16 values of
+the next hex digit at once (a [BLOCK, 16] tile), so a 31-bit answer takes 8 passes, not 31:
 
   8 x count(|g| >= t) over 16 candidates          -> tau (exact k-th largest)
   8 x sum(min(max(|v|-theta, 0), cap)) over 16     -> theta (feasible end)
   1 x write x0 + sign(v) * min(max(|v|-theta, 0), cap)
 
-v = (x - x0) - step * e is recomputed from x, x0, g in every theta pass
-instead of being stored: a scratch tensor would cost a write plus the same
-reads, so recomputing is never slower.
+Each pass is one launch over a (chunk, sample) grid, so a small batch of large images still fills
+the GPU (one program per sample, the old layout, kept 8 of an H200's 132 SMs busy for a batch of
+8).  A program writes its chunk's 16 partial counts / masses; the next pass's programs first add up
+their sample's partials (a few KB, from L2) to decide the digit, then do their own chunk.  All
+programs of a sample add the same partials in the same order, so they agree on every digit; counts
+are integers, so tau is exact whatever the split.  The program of chunk 0 also records the prefix it
+started from in ``state[b, pass]``, which the next pass adds its digit to: one column per pass, so no
+program ever reads a value that a program of the same launch writes.  17 launches and no atomics, so
+the result is deterministic.
+
+v = (x - x0) - step * e is recomputed from x, x0, g in every theta pass instead of being stored:
+a scratch tensor would cost a write plus the same reads, so recomputing is never slower.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 import triton
 import triton.language as tl
 
 from .launch import as_f32_contiguous, finish, result_buffer
 from .reference import MAX_FINITE_BITS, check_same_shape, slide_k
 
-BLOCK = 256  # elements per tile; the candidate tiles are BLOCK x 16
+BLOCK = 512  # elements per tile; the candidate tiles are BLOCK x 16
+PBLOCK = 64  # partial rows added per trip when a pass reduces the previous one's
+# About this many programs per launch: several per SM on the largest GPUs; more would only make
+# every program re-add more partials (each program adds its sample's NB x 16 of them) ...
+TARGET_PROGRAMS = 1024
+# ... which is also why a sample is split into at most this many chunks (<= 8 KB of partials a
+# program adds per pass; for a batch of 1 large image, 128 programs still occupy most SMs).
+MAX_CHUNKS = 128
 NUM_WARPS = 4
+PASSES = 8  # 4 bits per pass, 31 bits
 _PROJECTIONS = ("exact", "advertorch")
 # Globals read inside a jit function must be tl.constexpr objects (the
 # interpreter does not enforce this, the compiler does).
 _MAXB = tl.constexpr(MAX_FINITE_BITS)
-
-
-@triton.jit
-def _stepped(x_ptr, x0_ptr, g_ptr, idx, m, thr, inv, step):
-    """x0 and the stepped perturbation v = (x - x0) - step * e of one block, e the L1-normalised
-    signs of the selected (|g| >= the threshold's bits) gradient entries."""
-    x = tl.load(x_ptr + idx, mask=m, other=0.0)
-    x0 = tl.load(x0_ptr + idx, mask=m, other=0.0)
-    g = tl.load(g_ptr + idx, mask=m, other=0.0)
-    sel = tl.abs(g).to(tl.int32, bitcast=True) >= thr
-    e = tl.where(sel & (g > 0), inv, tl.where(sel & (g < 0), -inv, 0.0))
-    return x0, (x - x0) - step * e
+_NP = tl.constexpr(PASSES)
 
 
 @triton.jit
@@ -66,65 +62,139 @@ def _candidates(prefix, p, lanes):
 
 
 @triton.jit
-def _slide_kernel(x_ptr, x0_ptr, g_ptr, out_ptr, D, k, step, eps, EXACT: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    base = b.to(tl.int64) * D
+def _totals(part_ptr, row0, NB, ACC: tl.constexpr, PBLOCK: tl.constexpr):
+    """Sum over a sample's NB partial rows (16 wide, starting at row row0): the pass's totals."""
     lanes = tl.arange(0, 16)
+    acc = tl.zeros([PBLOCK, 16], dtype=ACC)
+    for start in range(0, NB, PBLOCK):
+        rows = start + tl.arange(0, PBLOCK)
+        ptrs = part_ptr + (row0 + rows)[:, None] * 16 + lanes[None, :]
+        acc += tl.load(ptrs, mask=(rows < NB)[:, None], other=0)
+    return tl.sum(acc, axis=0)
 
-    # ---- tau: largest pattern t with count(|g| bits >= t) >= k -------------
-    # t = 0 qualifies (count = D >= k), so the prefix always qualifies and the
-    # best digit of each pass is the largest qualifying one.
-    prefix = 0
-    for p in tl.static_range(8):
-        shift, valid, cand = _candidates(prefix, p, lanes)
-        cnt = tl.zeros([16], dtype=tl.int32)
-        for start in range(0, D, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < D
-            g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
-            # -1 for padding lanes: below every candidate, so never counted.
-            bits = tl.where(m, tl.abs(g).to(tl.int32, bitcast=True), -1)
-            cnt += tl.sum((bits[:, None] >= cand[None, :]).to(tl.int32), axis=0)
-        digit = tl.max(tl.where(valid & (cnt >= k), lanes, 0), axis=0)
-        prefix = prefix + (digit << shift)
-    # Zero gradients are never selected: the threshold is at least the
-    # smallest positive pattern.  Its count was computed in the last pass (the
-    # last pass's candidates are prefix_7 + 0..15 and include both tau and 1
-    # when tau = 0), so no extra pass is needed for the support size.
-    thr = tl.maximum(prefix, 1)
+
+@triton.jit
+def _decide(part_ptr, state_ptr, b, B, NB, p, col, limit, ACC: tl.constexpr, PBLOCK: tl.constexpr):
+    """The prefix after pass p: the prefix before it (state column col) plus the pass's digit, the
+    largest valid one whose total over the sample's partials exceeds limit (0 if none); also the
+    pass's candidates and totals."""
+    lanes = tl.arange(0, 16)
+    prefix = tl.load(state_ptr + b * 2 * _NP + col)
+    shift, valid, cand = _candidates(prefix, p, lanes)
+    tot = _totals(part_ptr, (b.to(tl.int64) + p * B) * NB, NB, ACC, PBLOCK)
+    digit = tl.max(tl.where(valid & (tot > limit), lanes, 0), axis=0)
+    return prefix + (digit << shift), valid, cand, tot
+
+
+@triton.jit
+def _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK: tl.constexpr):
+    """(thr, inv): selected entries have |g| bits >= thr; e = +-inv on them.  Needs all 8 tau passes.
+
+    tau = largest pattern t with count(|g| >= t) >= k, i.e. count > k-1.  Zero gradients are never
+    selected, so thr = max(tau, 1); its count is among the last pass's candidates (prefix_7 + 0..15,
+    which include both tau and 1 when tau = 0), so the support size needs no extra pass."""
+    tau, valid, cand, cnt = _decide(cpart_ptr, state_ptr, b, B, NB, _NP - 1, _NP - 1, k - 1, tl.int32, PBLOCK)
+    thr = tl.maximum(tau, 1)
     nnz = tl.sum(tl.where(valid & (cand == thr), cnt, 0), axis=0)
     # e = sign(g) * mask / nnz; +-1/nnz is exact-rounded as in the reference.
-    inv = tl.math.div_rn(1.0, tl.maximum(nnz, 1).to(tl.float32))
+    return thr, tl.math.div_rn(1.0, tl.maximum(nnz, 1).to(tl.float32))
 
-    # ---- theta: L = largest pattern with mass(L) > eps, theta = L + 1 ulp --
-    lt = 0
-    over0 = 0
-    for p in tl.static_range(8):
-        shift, valid, cand = _candidates(lt, p, lanes)
-        theta_c = cand.to(tl.float32, bitcast=True)
-        mass = tl.zeros([16], dtype=tl.float32)
-        for start in range(0, D, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < D
-            x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
-            t = tl.maximum(tl.abs(v)[:, None] - theta_c[None, :], 0.0)
-            if EXACT:
-                cap = tl.maximum(tl.where(v > 0, 1.0 - x0, x0), 0.0)
-                t = tl.minimum(t, cap[:, None])
-            # Padding lanes have v = 0, hence t = 0; the where is belt and braces.
-            mass += tl.sum(tl.where(m[:, None], t, 0.0), axis=0)
-        over = valid & (mass > eps)
-        digit = tl.max(tl.where(over, lanes, 0), axis=0)
-        lt = lt + (digit << shift)
-        if p == 0:
-            # Candidate 0 of the first pass is theta = 0: already inside?
-            over0 = tl.max(tl.where(lanes == 0, over.to(tl.int32), 0), axis=0)
-    theta = tl.where(over0 > 0, lt + 1, 0).to(tl.float32, bitcast=True)
 
-    # ---- write ------------------------------------------------------------
-    for start in range(0, D, BLOCK):
+@triton.jit
+def _stepped(x_ptr, x0_ptr, g_ptr, idx, m, thr, inv, step):
+    """x0 and the stepped perturbation v = (x - x0) - step * e of one tile, e the L1-normalised
+    signs of the selected (|g| >= the threshold's bits) gradient entries."""
+    x = tl.load(x_ptr + idx, mask=m, other=0.0)
+    x0 = tl.load(x0_ptr + idx, mask=m, other=0.0)
+    g = tl.load(g_ptr + idx, mask=m, other=0.0)
+    sel = tl.abs(g).to(tl.int32, bitcast=True) >= thr
+    e = tl.where(sel & (g > 0), inv, tl.where(sel & (g < 0), -inv, 0.0))
+    return x0, (x - x0) - step * e
+
+
+# The pass index is a plain argument (not specialised on its value): one compiled kernel serves all
+# eight passes instead of three (p = 0 and p = 1 would each get their own).
+@triton.jit(do_not_specialize=["p"])
+def _tau_pass_kernel(g_ptr, cpart_ptr, state_ptr, B, D, NB, CHUNK, k, p, BLOCK: tl.constexpr,
+                     PBLOCK: tl.constexpr):
+    """Tau pass p: this chunk's count(|g| bits >= candidate) for the pass's 16 candidates."""
+    blk = tl.program_id(0)
+    b = tl.program_id(1)
+    lanes = tl.arange(0, 16)
+    # Typed zero: both branches must give the same type to the compiler.
+    if p == 0:
+        prefix = tl.full([], 0, tl.int32)
+    else:
+        prefix, _, _, _ = _decide(cpart_ptr, state_ptr, b, B, NB, p - 1, p - 1, k - 1, tl.int32, PBLOCK)
+    if blk == 0:
+        tl.store(state_ptr + b * 2 * _NP + p, prefix)
+    _, _, cand = _candidates(prefix, p, lanes)
+    base = b.to(tl.int64) * D
+    lo = blk * CHUNK
+    hi = tl.minimum(lo + CHUNK, D)
+    cnt = tl.zeros([16], dtype=tl.int32)
+    for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        m = offs < D
+        m = offs < hi
+        g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
+        # -1 for padding lanes: below every candidate, so never counted.
+        bits = tl.where(m, tl.abs(g).to(tl.int32, bitcast=True), -1)
+        cnt += tl.sum((bits[:, None] >= cand[None, :]).to(tl.int32), axis=0)
+    tl.store(cpart_ptr + ((b.to(tl.int64) + p * B) * NB + blk) * 16 + lanes, cnt)
+
+
+@triton.jit(do_not_specialize=["p"])
+def _theta_pass_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, B, D, NB, CHUNK, k, p, step, eps,
+                       EXACT: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+    """Theta pass p: this chunk's projected mass sum(min(max(|v| - theta, 0), cap)) for the pass's
+    16 candidates theta.  The search finds L, the largest pattern whose mass still exceeds eps."""
+    blk = tl.program_id(0)
+    b = tl.program_id(1)
+    lanes = tl.arange(0, 16)
+    thr, inv = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    if p == 0:
+        lt = tl.full([], 0, tl.int32)
+    else:
+        lt, _, _, _ = _decide(mpart_ptr, state_ptr, b, B, NB, p - 1, _NP + p - 1, eps, tl.float32, PBLOCK)
+    if blk == 0:
+        tl.store(state_ptr + b * 2 * _NP + _NP + p, lt)
+    _, valid, cand = _candidates(lt, p, lanes)
+    theta_c = cand.to(tl.float32, bitcast=True)
+    base = b.to(tl.int64) * D
+    lo = blk * CHUNK
+    hi = tl.minimum(lo + CHUNK, D)
+    mass = tl.zeros([16], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        m = offs < hi
+        x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
+        t = tl.maximum(tl.abs(v)[:, None] - theta_c[None, :], 0.0)
+        if EXACT:
+            cap = tl.maximum(tl.where(v > 0, 1.0 - x0, x0), 0.0)
+            t = tl.minimum(t, cap[:, None])
+        # Padding lanes have v = 0, hence t = 0; the where is belt and braces.
+        mass += tl.sum(tl.where(m[:, None], t, 0.0), axis=0)
+    tl.store(mpart_ptr + ((b.to(tl.int64) + p * B) * NB + blk) * 16 + lanes, mass)
+
+
+@triton.jit
+def _slide_write_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, out_ptr, B, D, NB, CHUNK, k, step,
+                        eps, EXACT: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+    blk = tl.program_id(0)
+    b = tl.program_id(1)
+    thr, inv = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    lt, _, _, _ = _decide(mpart_ptr, state_ptr, b, B, NB, _NP - 1, 2 * _NP - 1, eps, tl.float32, PBLOCK)
+    # Candidate 0 of the first theta pass is theta = 0: is v already inside?  Then theta = 0, else
+    # one ulp above L, so the result is on the feasible side.
+    mass0 = _totals(mpart_ptr, b.to(tl.int64) * NB, NB, tl.float32, PBLOCK)
+    outside = tl.sum(tl.where(tl.arange(0, 16) == 0, mass0, 0.0), axis=0) > eps
+    theta = tl.where(outside, lt + 1, 0).to(tl.float32, bitcast=True)
+    base = b.to(tl.int64) * D
+    lo = blk * CHUNK
+    hi = tl.minimum(lo + CHUNK, D)
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        m = offs < hi
         x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
         mag = tl.maximum(tl.abs(v) - theta, 0.0)
         if EXACT:
@@ -132,6 +202,15 @@ def _slide_kernel(x_ptr, x0_ptr, g_ptr, out_ptr, D, k, step, eps, EXACT: tl.cons
         delta = tl.where(v > 0, mag, -mag)
         xn = tl.minimum(tl.maximum(x0 + delta, 0.0), 1.0)
         tl.store(out_ptr + base + offs, xn, mask=m)
+
+
+def chunking(B: int, D: int) -> tuple[int, int]:
+    """(elements per program, programs per sample): about TARGET_PROGRAMS programs in all, at most
+    MAX_CHUNKS per sample, each a whole number of tiles."""
+    per_program = max(triton.cdiv(B * D, TARGET_PROGRAMS), triton.cdiv(D, MAX_CHUNKS))
+    tiles = max(1, triton.cdiv(per_program, BLOCK))
+    chunk = tiles * BLOCK
+    return chunk, triton.cdiv(D, chunk)
 
 
 def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str = "exact", out=None):
@@ -144,18 +223,24 @@ def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection
     D = math.prod(xc.shape[1:])
     k = slide_k(D, sparsity)
     res = result_buffer(xc, out)
-    if B > 0 and D > 0:
-        _slide_kernel[(B,)](
-            xc,
-            x0c,
-            gc,
-            res,
-            D,
-            k,
-            float(step),
-            float(eps),
-            EXACT=projection == "exact",
-            BLOCK=BLOCK,
-            num_warps=NUM_WARPS,
-        )
+    if B == 0 or D == 0:
+        return finish(res, out)
+    chunk, nb = chunking(B, D)
+    dev = xc.device
+    # One slab of partials per pass: pass p reads slab p-1 while its programs write slab p.
+    cpart = torch.empty((PASSES, B, nb, 16), dtype=torch.int32, device=dev)
+    mpart = torch.empty((PASSES, B, nb, 16), dtype=torch.float32, device=dev)
+    # state[b, p] / state[b, PASSES + p]: the tau / theta prefix before pass p, written by chunk 0.
+    state = torch.empty((B, 2 * PASSES), dtype=torch.int32, device=dev)
+    grid = (nb, B)
+    exact = projection == "exact"
+    step, eps = float(step), float(eps)
+    for p in range(PASSES):
+        _tau_pass_kernel[grid](gc, cpart, state, B, D, nb, chunk, k, p, BLOCK=BLOCK, PBLOCK=PBLOCK,
+                               num_warps=NUM_WARPS)
+    for p in range(PASSES):
+        _theta_pass_kernel[grid](xc, x0c, gc, cpart, mpart, state, B, D, nb, chunk, k, p, step, eps, EXACT=exact,
+                                 BLOCK=BLOCK, PBLOCK=PBLOCK, num_warps=NUM_WARPS)
+    _slide_write_kernel[grid](xc, x0c, gc, cpart, mpart, state, res, B, D, nb, chunk, k, step, eps, EXACT=exact,
+                              BLOCK=BLOCK, PBLOCK=PBLOCK, num_warps=NUM_WARPS)
     return finish(res, out)

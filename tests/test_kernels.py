@@ -201,13 +201,16 @@ def tk():
     import kernels.slide
 
     mods = {"linf": kernels.linf, "l2": kernels.l2, "mifgsm": kernels.mifgsm, "slide": kernels.slide}
-    assert isinstance(kernels.slide._slide_kernel, InterpretedFunction)
+    assert isinstance(kernels.slide._slide_write_kernel, InterpretedFunction)
     with pytest.MonkeyPatch.context() as mp:
-        # The interpreter's cost is per block operation; 1024 still leaves
-        # several blocks and a ragged tail for the shapes used here, and
-        # test_tri_slide_default_block runs the GPU tile size.
-        mp.setattr(kernels.slide, "DEFAULT_BLOCK", kernels.slide.BLOCK, raising=False)
+        # The interpreter's cost is per block operation and per program: with 1024-element tiles
+        # and about 4 programs per launch the shapes used here take one or two programs per
+        # sample.  test_tri_slide_gpu_tiles runs the GPU sizes, test_tri_slide_many_chunks many
+        # programs per sample.
+        mods["slide_gpu_block"] = kernels.slide.BLOCK
+        mods["slide_gpu_target"] = kernels.slide.TARGET_PROGRAMS
         mp.setattr(kernels.slide, "BLOCK", 1024)
+        mp.setattr(kernels.slide, "TARGET_PROGRAMS", 4)
         yield mods
 
 
@@ -335,6 +338,34 @@ def test_kth_largest_bits_exact():
         tau = R._kth_largest_bits(a.view(torch.int32), k).view(torch.float32)
         for b in range(2):
             assert tau[b].item() == plain_kth_largest(a[b], k)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_kth_largest_cpu_topk_equals_search(ties):
+    """The reference's CPU path (torch.topk) and the bit search it uses elsewhere agree exactly."""
+    shape = (4, 3, 17, 29)
+    g = _tie_grad(shape, 26) if ties else torch.randn(shape, generator=torch.Generator().manual_seed(26))
+    g = g.reshape(4, -1)
+    bits = g.abs().view(torch.int32)
+    for k in (1, 2, 15, 740, 1478, 1479):
+        assert torch.equal(R._kth_largest_pattern(g, bits, k), R._kth_largest_bits(bits, k)), k
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("B,D", [(1, 1), (3, 1479), (8, 3 * 448 * 448), (256, 3 * 224 * 224), (1, 7),
+                                 (1, 3 * 448 * 448)])
+def test_slide_chunking(B, D):
+    """SLIDE's split of each sample over programs: whole tiles, every element once, and for big inputs
+    about TARGET_PROGRAMS programs (a batch of 8 large images fills the GPU)."""
+    import kernels.slide as S
+
+    chunk, nb = S.chunking(B, D)
+    assert chunk % S.BLOCK == 0 and (nb - 1) * chunk < D <= nb * chunk and nb <= S.MAX_CHUNKS
+    capped = -(-D // S.MAX_CHUNKS) > -(-B * D // S.TARGET_PROGRAMS)  # few samples: MAX_CHUNKS binds
+    if B * D >= S.TARGET_PROGRAMS * S.BLOCK and not capped:
+        # Rounding each chunk up to whole tiles at most halves the count; each sample's ragged
+        # last chunk adds at most one program.
+        assert S.TARGET_PROGRAMS / 2 < B * nb <= S.TARGET_PROGRAMS + B
 
 
 # --------------------------------------------------------------------------
@@ -518,24 +549,55 @@ def test_tri_slide(tk, shape, projection):
 
 
 @tri
-def test_tri_slide_default_block(tk, monkeypatch):
+def test_tri_slide_gpu_tiles(tk, monkeypatch):
+    """The tile sizes the GPU runs: D = 3*17*29 = 1479 is split into several chunks, the last ragged."""
     mod = tk["slide"]
-    monkeypatch.setattr(mod, "BLOCK", mod.DEFAULT_BLOCK)
-    assert mod.BLOCK < 1479  # several blocks and a ragged tail for D = 3*17*29
+    monkeypatch.setattr(mod, "BLOCK", tk["slide_gpu_block"])
+    monkeypatch.setattr(mod, "TARGET_PROGRAMS", tk["slide_gpu_target"])
+    chunk, nb = mod.chunking(2, 1479)
+    assert nb >= 3 and 1479 % chunk, (chunk, nb)
     x, x0, g = make_inputs((2, 3, 17, 29), 16)
     torch.testing.assert_close(
         mod.slide_step(x, x0, g, 1.0, 1.5, 0.95), R.slide_step(x, x0, g, 1.0, 1.5, 0.95), rtol=0, atol=1e-6
     )
 
 
+@tri
+def test_tri_slide_many_chunks(tk, monkeypatch):
+    """Each sample's D over three programs (ragged last chunk and last tile, the partials added in
+    two trips, the second ragged): still the reference's selection, ties included, and its result."""
+    mod = tk["slide"]
+    monkeypatch.setattr(mod, "BLOCK", 256)
+    monkeypatch.setattr(mod, "PBLOCK", 2)
+    monkeypatch.setattr(mod, "chunking", lambda B, D: (512, -(-D // 512)))
+    shape = (2, 3, 17, 29)  # D = 1479 = 2 * 512 + 256 + 199
+    x, x0, g = make_inputs(shape, 24, spread=0.2)
+    ties = _tie_grad(shape, 25)
+    np.testing.assert_array_equal(_mask_probe(mod.slide_step, ties, 0.9), _mask_probe(R.slide_step, ties, 0.9))
+    for grad, projection, eps in ((ties, "exact", 3.0), (g, "advertorch", 1.0)):
+        got = mod.slide_step(x, x0, grad, 2.0, eps, 0.9, projection)
+        torch.testing.assert_close(got, R.slide_step(x, x0, grad, 2.0, eps, 0.9, projection), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(3, 3, 17, 29), (2, 7), (1, 1)])
-@pytest.mark.parametrize("sparsity", [0.0, 0.9, 0.999])
+@pytest.mark.parametrize("sparsity", [0.0, 0.999])  # middle values: test_tri_slide_many_chunks
 @tri
 def test_tri_slide_mask(tk, shape, sparsity):
     for g in (_tie_grad(shape, 17), torch.randn(shape, generator=torch.Generator().manual_seed(17))):
         np.testing.assert_array_equal(
             _mask_probe(tk["slide"].slide_step, g, sparsity), _mask_probe(R.slide_step, g, sparsity)
         )
+
+
+@tri
+def test_tri_bench_agreement(tk):
+    """The agreement check `make gpu-check` runs natively on the GPU (bench.bench_kernels) works and
+    passes here, interpreted: every kernel, SLIDE with ties too."""
+    from bench.bench_kernels import agreement
+
+    rows = agreement("cpu", shapes=((2, 7),))
+    assert {r["kernel"] for r in rows} == {"linf", "l2", "mifgsm", "slide-exact", "slide-advertorch"}
+    assert any(r["ties"] for r in rows) and all(r["ok"] for r in rows), rows
 
 
 @tri
@@ -771,7 +833,13 @@ def _aot_cases(monkeypatch):
             continue
         mod = importlib.import_module(f"kernels.{info.stem}")
         for name, obj in vars(mod).items():
-            if isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
+            if not isinstance(obj, triton.runtime.jit.JITFunction):
+                continue
+            # A kernel is launched if it asks for its program id (helpers are passed the ids); the
+            # name rule makes that visible, and only launched kernels are recorded.
+            assert ("program_id" in obj.src) == name.endswith("_kernel"), (
+                f"kernels.{info.stem}.{name}: name the launched kernels *_kernel, and only them")
+            if name.endswith("_kernel"):
                 rec = recorders[f"{info.stem}.{name}"] = _Recorder(obj)
                 monkeypatch.setattr(mod, name, rec)
     assert recorders, "no Triton kernels found"
@@ -842,6 +910,29 @@ def test_kernels_compile_for_gpu(arch, monkeypatch):
         assert compiled.asm.get("cubin"), key
         # Scalars are computed with IEEE rounding on purpose (see kernels).
         assert "div.full" not in ptx and "sqrt.approx" not in ptx, key
+
+
+@pytest.mark.skipif(IN_INTERPRETER, reason="needs compiled (non-interpreted) triton")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_aot_cases_catch_a_kernel_without_a_launch(monkeypatch):
+    """A new kernel that no public step launches (so no AOT case) fails the AOT test's collection."""
+    import triton
+    import triton.language as tl
+
+    import kernels.linf as linf
+
+    @triton.jit
+    def _orphan_kernel(x_ptr, BLOCK: tl.constexpr):
+        tl.store(x_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), 0.0)
+
+    assert len(_aot_cases(monkeypatch)) >= 7  # as shipped: every kernel has its launch
+    monkeypatch.setattr(linf, "_orphan_kernel", _orphan_kernel, raising=False)
+    with pytest.raises(AssertionError, match="linf._orphan_kernel"):
+        _aot_cases(monkeypatch)
+    monkeypatch.delattr(linf, "_orphan_kernel")
+    monkeypatch.setattr(linf, "_orphan", _orphan_kernel, raising=False)  # launched, but not named so
+    with pytest.raises(AssertionError, match="name the launched kernels"):
+        _aot_cases(monkeypatch)
 
 
 def test_public_api():

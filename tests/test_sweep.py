@@ -44,12 +44,14 @@ def _grid(trained, **protocol) -> str:
 
 
 def _arrays(path) -> dict[str, np.ndarray]:
-    """Every array in a store, read with plain zarr (no engine code)."""
+    """Every array in a store, read with plain zarr (no engine code), but ``provenance``: how a shard
+    was made (host, times, threads) is not a result."""
     out: dict[str, np.ndarray] = {}
 
     def walk(g, prefix):
         for name, a in g.arrays():
-            out[prefix + name] = np.asarray(a[:])
+            if name != "provenance":
+                out[prefix + name] = np.asarray(a[:])
         for name, sub in g.groups():
             walk(sub, f"{prefix}{name}/")
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attacks import gradient, losses, mlalp, mlcw, mldp, targets  # noqa: F401 - importing registers them
+from engine.attacks import gradient, losses, mlalp, mlcw, mldp, precision, targets  # noqa: F401 - importing registers them
 from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
 from engine.errors import UserError
@@ -58,17 +58,20 @@ def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str
     if len(ids) != images.shape[0]:
         raise UserError(f"sample_ids has {len(ids)} entries for {images.shape[0]} images")
     x0 = images.detach()
-    with attack_mode(model):
-        with torch.no_grad():
-            clean = model(x0) >= 0
-        y_star, eligible = targets.build(target, clean, ids, seed, target_label=target_label,
-                                         label_names=getattr(model, "label_names", None))
+
+    def target_of(clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return targets.build(target, clean_logits >= 0, ids, seed, target_label=target_label,
+                             label_names=getattr(model, "label_names", None))
+
+    with attack_mode(model), precision.applied(model, cfg.precision, x0.device) as net:
         if spec.kind == "iterative":
+            # The driver takes the clean prediction from its first gradient pass where it can.
             loss_fn = losses.get(cfg.loss, cfg.prob_clamp)
             advance = None
             if compile:
-                advance = compiled_advance(model, spec, cfg, (cfg.loss, cfg.prob_clamp), loss_fn)
-            return run_iterative(model, x0, y_star, eligible, spec, cfg, loss_fn=loss_fn,
-                                 noise=sample_noise(x0, ids, seed), early_exit=early_exit, exit_every=exit_every,
-                                 advance=advance)
-        return spec.run(model, x0, y_star, eligible, cfg, dict(ctx or {}, sample_ids=ids, seed=seed))
+                advance = compiled_advance(net, spec, cfg, (cfg.loss, cfg.prob_clamp), loss_fn)
+            return run_iterative(net, x0, None, None, spec, cfg, loss_fn=loss_fn, noise=sample_noise(x0, ids, seed),
+                                 early_exit=early_exit, exit_every=exit_every, advance=advance, target_of=target_of)
+        with torch.no_grad():
+            y_star, eligible = target_of(net(x0))
+        return spec.run(net, x0, y_star, eligible, cfg, dict(ctx or {}, sample_ids=ids, seed=seed))

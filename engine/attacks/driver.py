@@ -87,11 +87,13 @@ def finalize(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, y_star: to
     ok = targets.success(pred, y_star) & finite
     reasons = []
     bad = (bad_iter >= 0) | ~finite
+    # Two host copies instead of tensor reads per sample: those add up against a one-step attack.
+    bad_at, fin = bad_iter.tolist(), finite.tolist()
     for i in range(len(x0)):
         r = extra_reasons[i] if extra_reasons else ""
-        if bad_iter[i] >= 0:
-            r = f"non-finite logits or gradient at iteration {int(bad_iter[i])}"
-        elif not finite[i]:
+        if bad_at[i] >= 0:
+            r = f"non-finite logits or gradient at iteration {bad_at[i]}"
+        elif not fin[i]:
             r = "non-finite logits on the final image"
         reasons.append(r)
     failed = bad | torch.tensor([bool(r) for r in reasons], device=bad.device)
@@ -164,18 +166,47 @@ def compiled_advance(model, spec, cfg, loss_fn_key: tuple, loss_fn):
     return fn
 
 
-def run_iterative(model: nn.Module, x0: torch.Tensor, y_star: torch.Tensor, eligible: torch.Tensor, spec, cfg, *,
-                  loss_fn: Callable, noise: Callable, early_exit: bool = False, exit_every: int = 4,
-                  advance: Callable | None = None) -> AttackResult:
+def clean_step(model: nn.Module, x0: torch.Tensor, target_of: Callable, loss_fn: Callable):
+    """(y*, eligible, first) from one forward pass at the clean image: the targets from its logits
+    (the clean prediction) and ``first`` = (gradient, logits) of the loss towards them, from the
+    same pass. A one-step attack then costs one forward + backward and the forward that scores
+    x_adv, instead of a separate clean forward on top.
+
+    ``first`` is None where some sample is not eligible: those are not attacked, and the others'
+    gradient is taken in a batch of their own, as it always was (a full-batch gradient may differ
+    in the last bit, and a resumed run must not mix the two)."""
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)
+        logits = model(x)
+        y_star, eligible = target_of(logits.detach())
+        if not bool(eligible.all()):
+            return y_star, eligible, None
+        (grad,) = torch.autograd.grad(loss_fn(logits, y_star).sum(), x)
+    return y_star, eligible, (grad, logits.detach())
+
+
+def run_iterative(model: nn.Module, x0: torch.Tensor, y_star: torch.Tensor | None, eligible: torch.Tensor | None,
+                  spec, cfg, *, loss_fn: Callable, noise: Callable, early_exit: bool = False, exit_every: int = 4,
+                  advance: Callable | None = None, target_of: Callable | None = None) -> AttackResult:
     """Run ``cfg.iterations`` steps of ``spec.step`` (1 for one-step attacks) from ``spec.init``.
 
     ``advance(x, x0, y*, state, frozen) -> (x, state, logits of the input x, bad)`` is one iteration;
     by default the eager one, or the compiled one from :func:`compiled_advance`.
+    ``target_of(clean logits) -> (y*, eligible)``, given instead of ``y_star`` and ``eligible``,
+    builds the targets from the clean prediction; when the first step is taken at x0 (no random
+    start) the clean logits are that step's own (:func:`clean_step`), so no pass is spent on them.
     """
     iterations = int(getattr(cfg, "iterations", 1))
     B, dev = x0.shape[0], x0.device
     x, state = spec.init(x0, cfg, noise) if spec.init is not None else (x0.clone(), None)
     advance = advance or _eager_advance(model, spec, cfg, loss_fn)
+    first = None  # (gradient, logits) of iteration 0 when the clean pass computed them
+    if target_of is not None:
+        if spec.init is None or torch.equal(x, x0):
+            y_star, eligible, first = clean_step(model, x0, target_of, loss_fn)
+        else:
+            with torch.no_grad():
+                y_star, eligible = target_of(model(x0))
     # Ineligible samples are never attacked: they take zero steps.
     active = torch.arange(B, device=dev)[eligible] if not bool(eligible.all()) else torch.arange(B, device=dev)
     out_x = x0.clone()
@@ -189,7 +220,10 @@ def run_iterative(model: nn.Module, x0: torch.Tensor, y_star: torch.Tensor, elig
     for it in range(iterations):
         if xa.shape[0] == 0:
             break
-        x_new, s_new, logits, bad_now = advance(xa, x0a, ya, sa, bada >= 0)
+        if it == 0 and first is not None:  # every sample is active: the rows line up
+            x_new, s_new, logits, bad_now = _guarded_step(spec, cfg, xa, x0a, first[0], sa, first[1], bada >= 0)
+        else:
+            x_new, s_new, logits, bad_now = advance(xa, x0a, ya, sa, bada >= 0)
         bada = torch.where(bad_now & (bada < 0), it, bada)
         pred = (logits >= 0) & (bada < 0)[:, None]
         besta = torch.maximum(besta, pred.sum(1))

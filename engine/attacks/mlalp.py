@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from engine.attacks.driver import finalize, jacobian
-from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.attacks.registry import AttackConfig, AttackSpec, Passes, register
 from engine.errors import UserError
 from engine.lp import LPPool, solve_linf_lp
 
@@ -293,8 +293,15 @@ def run(model, x0, y_star, eligible, cfg: MLALPConfig, ctx):
     return finalize(model, x0, best_x, y_star, eligible, best_counts, best_m == l, iters, bad_iter, reasons)
 
 
+def passes(cfg: MLALPConfig, l: int) -> Passes:
+    """Model passes only (the LPs are CPU work): per iteration the l-row Jacobian of the per-label
+    losses (one forward, l backward) and forwards at the new and the current iterate; once: the
+    clean forward for the targets, ``z0`` and the final scoring."""
+    return Passes(grad=cfg.iterations, bwd=cfg.iterations * (l - 1), fwd=2 * cfg.iterations + 3)
+
+
 register(AttackSpec(
-    name="mlalp", title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__,
+    name="mlalp", title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__, cost=passes,
     # Its cost is the LPs (CPU), each step takes the l x d Jacobian, and a process pool shared by
     # all batches of a process (``ctx["lp_pool"]``) solves the LPs of a batch in parallel.
     jacobian=True, cpu_bound=True, resources={"lp_pool": LPPool},

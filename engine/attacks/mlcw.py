@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attacks.driver import finalize
-from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.attacks.registry import AttackConfig, AttackSpec, Passes, register
 from engine.errors import UserError
 
 
@@ -136,8 +136,15 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
     return finalize(model, x0, o_best_x, y_star, eligible, best_counts, o_best_score == l, iters, bad_iter)
 
 
+def passes(cfg: MLCWConfig, l: int) -> Passes:
+    """One forward + backward per Adam step of every binary-search step (every step run: the
+    abort-early rule only shortens it); the clean forward for the targets and the final scoring."""
+    return Passes(grad=cfg.binary_steps * cfg.iterations, fwd=2)
+
+
 register(AttackSpec(
     name="mlcw", title="ML-CW", config=MLCWConfig, norm="l2", run=run, doc=__doc__, code_batch=("released",),
+    cost=passes,
     presets={
         "paper": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5},
         "released": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5, "abort": "batch",

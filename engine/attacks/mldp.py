@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attacks.driver import finalize, jacobian
-from engine.attacks.registry import AttackConfig, AttackSpec, register
+from engine.attacks.registry import AttackConfig, AttackSpec, Passes, register
 from engine.errors import UserError
 
 
@@ -100,8 +100,14 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
     return finalize(model, x0, best_x, y_star, eligible, best_counts, hit, iters, bad_iter)
 
 
+def passes(cfg: MLDPConfig, l: int) -> Passes:
+    """Per iteration the l-row Jacobian (one forward, l backward) and a forward at the new iterate;
+    once: the clean forward for the targets, ``z0`` and the final scoring."""
+    return Passes(grad=cfg.iterations, bwd=cfg.iterations * (l - 1), fwd=cfg.iterations + 3)
+
+
 register(AttackSpec(
-    name="mldp", title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__, jacobian=True,
+    name="mldp", title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__, jacobian=True, cost=passes,
     presets={"paper": {"iterations": 20, "overshoot": 0.02},
              "released": {"iterations": 20, "overshoot": 0.0, "tie_break": "image", "accumulate": "float64"}},
 ))

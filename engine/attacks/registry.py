@@ -8,9 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from engine.attacks import losses
 from engine.config import Config
 from engine.errors import UserError
+
+# Arithmetic of the model's forward and backward in an attack (engine.attacks.precision): fp32, the
+# study's, is the default; tf32 (CUDA matmuls and convolutions on TF32 tensor cores) and bf16
+# (autocast) trade exactness for speed.
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 # The largest counts an attack accepts (the study's largest: ML-CW's 10 x 1000 steps).
@@ -23,6 +30,7 @@ class AttackConfig(Config):
 
     loss: str = "bce"
     prob_clamp: float = 1e-6  # the released code clamps probabilities to [1e-6, 1 - 1e-6]
+    precision: str = "fp32"  # fp32 | tf32 | bf16: the model's forward/backward (see PRECISIONS)
 
     def validate(self) -> None:
         # An infinite or NaN budget, step or constant never means "unbounded" here: it turns every
@@ -35,6 +43,8 @@ class AttackConfig(Config):
             raise UserError(f"unknown loss {self.loss!r}; valid: {', '.join(losses.LOSSES)}")
         if not 0 <= self.prob_clamp < 0.5:
             raise UserError(f"prob_clamp must be in [0, 0.5), got {self.prob_clamp}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         for name in ("eps", "step"):
             v = getattr(self, name, None)
             if v is not None and not v >= 0:
@@ -50,6 +60,29 @@ class AttackConfig(Config):
         sp = getattr(self, "sparsity", None)
         if sp is not None and not 0 < sp < 1:
             raise UserError(f"sparsity must be in (0, 1), got {sp}")
+
+    def to_dict(self) -> dict[str, Any]:
+        # Every run before the precision option was fp32: leaving it out at its default keeps the
+        # fingerprints of those runs and sweep records (made from this dict) what they were.
+        d = super().to_dict()
+        if d.get("precision") == "fp32":
+            del d["precision"]
+        return d
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Model passes one sample of an attack costs at most (every iteration run): ``grad`` forward +
+    backward passes to the input, ``fwd`` forward-only passes, ``bwd`` further backward passes (the
+    rows of a Jacobian after its first). The sweep plan (engine.runtime.sweep.plan) prices them."""
+
+    grad: float = 0.0
+    fwd: float = 0.0
+    bwd: float = 0.0
+
+    def in_grad_passes(self, fwd_share: float) -> float:
+        """The cost in forward + backward passes, a forward costing ``fwd_share`` of one."""
+        return self.grad + self.fwd * fwd_share + self.bwd * (1 - fwd_share)
 
 
 @dataclass(frozen=True)
@@ -77,10 +110,32 @@ class AttackSpec:
     # when it is given workers (``sml attack --workers``, a sweep actor's CPU share) and closes it
     # at the end; without one the attack manages on its own.
     resources: dict[str, Callable[[int, int | None], Any]] = field(default_factory=dict)
+    # Solver attacks: (config, number of labels) -> Passes per sample, for the sweep plan. Iterative
+    # attacks need none: the driver's loop fixes theirs (see ``passes``).
+    cost: Callable[[AttackConfig, int], Passes] | None = None
 
     @property
     def kind(self) -> str:
         return "iterative" if self.step is not None else "solver"
+
+    def starts_at_x0(self, cfg: AttackConfig) -> bool:
+        """Whether the first step is taken at the clean image (no random start), so that the driver
+        takes the clean prediction from that step's own forward pass. Asked of ``init`` on a tiny
+        stand-in image with non-zero noise, so no attack has to declare it."""
+        if self.init is None:
+            return True
+        x0 = torch.full((1, 1, 2, 2), 0.5)
+        x, _ = self.init(x0, cfg, lambda lo, hi: torch.full_like(x0, lo + 0.75 * (hi - lo)))
+        return torch.equal(x, x0)
+
+    def passes(self, cfg: AttackConfig, num_labels: int) -> Passes | None:
+        """Model passes per sample (an upper bound: early exits and aborts only shorten it); None
+        for a solver that declares no ``cost``."""
+        if self.kind == "solver":
+            return self.cost(cfg, num_labels) if self.cost is not None else None
+        # The driver: one gradient pass per iteration, a forward to score x_adv, and a clean forward
+        # for the targets unless the first step's pass at x0 provides it.
+        return Passes(grad=int(getattr(cfg, "iterations", 1)), fwd=1 + (0 if self.starts_at_x0(cfg) else 1))
 
 
 REGISTRY: dict[str, AttackSpec] = {}

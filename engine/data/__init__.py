@@ -30,6 +30,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "voc2012": DatasetInfo("engine.data.voc", 448, "study-train", "study-test", options=(("year", 2012),)),
     "coco": DatasetInfo("engine.data.coco", 448, "train2014", "val2014"),
     "nuswide": DatasetInfo("engine.data.nuswide", 448, "study-train", "study-test"),
+    # Your own: a folder of images and a CSV of their labels (engine.data.generic); 224 px unless the
+    # model says otherwise.
+    "csv": DatasetInfo("engine.data.generic", 224, "train", "test"),
 }
 
 
@@ -44,7 +47,7 @@ def info(name: str) -> DatasetInfo:
 
 
 def load(name: str, *, root: str | Path, split: str | None = None, size: int | None = None,
-         allow_missing: bool = False, **kw) -> ImageListDataset:
+         allow_missing: bool = False, model_labels: list[str] | None = None, **kw) -> ImageListDataset:
     """Load split ``split`` (default: the test split) of data set ``name`` stored at ``root``.
 
     ``allow_missing``: proceed without unusable samples (missing images, unreadable labels), which are
@@ -54,6 +57,10 @@ def load(name: str, *, root: str | Path, split: str | None = None, size: int | N
     ``source``: which annotation files to read (``sml --annotations``); each loader's ``SOURCES`` lists
     what it reads (VOC: auto, csv, txt, xml; COCO: auto, instances, mlgcn); loaders of a single format
     accept only ``"auto"``. Checked here, so that every data set answers a wrong value the same way.
+
+    ``model_labels``: the model's label names, for loaders whose label set is not fixed (they take a
+    ``label_names`` option: the CSV data set), so that a label the model does not know is an error
+    naming its file and line; an explicit ``label_names`` option wins. Others ignore it.
     """
     meta = info(name)
     module = importlib.import_module(meta.module)
@@ -71,6 +78,8 @@ def load(name: str, *, root: str | Path, split: str | None = None, size: int | N
         valid = [k for k in params if k not in ("root", "split", "size", "allow_missing", "source")]
         raise UserError(f"data set {name!r} takes no option {', '.join(map(repr, unknown))}; its options: "
                         f"{', '.join(valid) or 'none'}")
+    if model_labels is not None and "label_names" in params and kw.get("label_names") is None:
+        kw["label_names"] = list(model_labels)
     if "allow_missing" in params:
         kw["allow_missing"] = allow_missing
     return module.load(Path(root).expanduser(), split=split or meta.test_split, size=size or meta.size, **kw)

@@ -10,8 +10,7 @@ from torch import nn
 
 from engine import data as datasets
 from engine.data.base import ImageListDataset
-from engine.errors import UserError
-from engine.models import checkpoints, from_checkpoint
+from engine.models import sources
 from engine.models.metrics import table1
 
 
@@ -26,34 +25,22 @@ def logits_over(model: nn.Module, ds: ImageListDataset, batch_size: int = 128) -
     return torch.cat(outs), torch.cat(ys)
 
 
-def dataset_for(ck: dict[str, Any], dataset: str | None, root: str | Path | None, split: str | None,
-                path: str | Path, *, allow_missing: bool = False, **load_kw) -> ImageListDataset:
-    """The split to score a checkpoint on, its labels mapped onto the checkpoint's by name."""
-    name = dataset or (ck.get("dataset") or {}).get("name")
-    root = root or (ck.get("dataset") or {}).get("root")
-    if name is None or root is None:
-        raise UserError(f"{path}: this checkpoint records no training data set (e.g. an ML-GCN release "
-                        f"checkpoint): pass --dataset and --root")
-    ds = datasets.load(name, root=root, split=split, size=ck["model"]["input_size"], allow_missing=allow_missing,
-                       **load_kw)
-    if len(ds.label_names) != len(ck["label_names"]):
-        raise UserError(
-            f"{path}: checkpoint has {len(ck['label_names'])} labels but data set {name!r} at {root} has "
-            f"{len(ds.label_names)}"
-        )
-    return ds.with_label_order(ck["label_names"])
+# The split to score one of our checkpoints on (engine.models.sources, with your own models).
+dataset_for = sources.checkpoint_dataset
 
 
-def evaluate(checkpoint: str | Path, *, dataset: str | None = None, root: str | Path | None = None,
+def evaluate(checkpoint: str | Path | None, *, dataset: str | None = None, root: str | Path | None = None,
              split: str | None = None, embedding: str | Path | None = None, label_names: list[str] | None = None,
-             trust_pickle: bool = False, allow_missing: bool = False, **load_kw) -> dict[str, Any]:
-    ck = checkpoints.read(checkpoint, embedding, label_names, trust_pickle=trust_pickle)
-    ds = dataset_for(ck, dataset, root, split, checkpoint, allow_missing=allow_missing, **load_kw)
-    model = from_checkpoint(ck)
-    logits, y = logits_over(model, ds)
+             trust_pickle: bool = False, allow_missing: bool = False, own_model: dict | None = None,
+             **load_kw) -> dict[str, Any]:
+    """Table 1 of a checkpoint, or of your own model (``own_model``: see engine.models.sources)."""
+    m = sources.load(checkpoint, own_model, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle)
+    ds = m.dataset_for(dataset, root, split, allow_missing=allow_missing, **load_kw)
+    logits, y = logits_over(m.model, ds)
+    m.check_outputs(logits)
     out = table1(logits, y)
-    out.update({"model": ck["model"]["family"], "backbone": ck["model"]["backbone"], "dataset": ds.name,
-                "split": ds.split, "checkpoint": str(checkpoint)})
+    out.update({"model": m.family, "backbone": m.backbone, "dataset": ds.name, "split": ds.split,
+                "checkpoint": m.what})
     if ds.skipped.total:
         out["skipped"] = {"total": ds.skipped.total, "reasons": ds.skipped.reasons}
     return out

@@ -32,6 +32,10 @@ def activation_bytes(model: nn.Module, image_shape: tuple[int, ...], device: str
             total[0] += out.numel() * out.element_size()
 
     leaves = [m for m in model.modules() if not list(m.children())]
+    if any(isinstance(m, torch.jit.ScriptModule) for m in leaves):
+        # TorchScript modules take no hooks: count what autograd keeps for the backward instead.
+        _CACHE[key] = _saved_bytes(model, image_shape, device)
+        return _CACHE[key]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         was = model.training
@@ -42,6 +46,22 @@ def activation_bytes(model: nn.Module, image_shape: tuple[int, ...], device: str
         for h in handles:
             h.remove()
     _CACHE[key] = total[0]
+    return total[0]
+
+
+def _saved_bytes(model: nn.Module, image_shape: tuple[int, ...], device) -> int:
+    """Bytes of the tensors one forward of one sample saves for the backward to the image."""
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    was = model.training
+    model.eval()
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.zeros(1, *image_shape, device=device, requires_grad=True))
+    model.train(was)
     return total[0]
 
 

@@ -31,25 +31,17 @@ from engine import attacks, data, protocol
 from engine.data.base import ImageListDataset
 from engine.device import check_device
 from engine.errors import UserError
-from engine.models import checkpoints, from_checkpoint
-from engine.models.evaluate import dataset_for
+from engine.models import sources
 from engine.models.metrics import table1
-from engine.runtime import batching
+from engine.runtime import batching, provenance
 from engine.runtime import store as st
 from engine.runtime.lock import store_lock
 from engine.runtime.runspec import RunSpec
+from engine.util import file_digest  # noqa: F401 - re-exported: runner.file_digest
 
 __all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shard", "summarize", "todo_chunks"]
 
 log = logging.getLogger(__name__)
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -73,20 +65,20 @@ class Plan:
 def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
          split: str | None = None, device: str = "cpu", model_key: str | None = None,
          embedding: str | Path | None = None, label_names: list[str] | None = None, trust_pickle: bool = False,
-         allow_missing: bool = False, verify_data: bool = True, **load_kw) -> Plan:
+         allow_missing: bool = False, verify_data: bool = True, own_model: dict | None = None, **load_kw) -> Plan:
     """Load model and data; find (or reuse from the store) the exactly-right test samples.
 
     ``store`` is the store's root group, or a function that opens it: called once the checkpoint
     and the data have loaded, so that bad inputs leave no store behind. ``verify_data``: check the
     data against the digest the model group was made from (:func:`data_digest`; sweeps do it once,
-    in the plan job, not in every actor that takes a shard).
+    in the plan job, not in every actor that takes a shard). ``own_model``: your own model instead of
+    one of our checkpoints (``checkpoint`` is then its weights file, if any; engine.models.sources).
     """
-    ck = checkpoints.read(checkpoint, embedding, label_names, trust_pickle=trust_pickle)
-    ds = dataset_for(ck, dataset, root, split, checkpoint, allow_missing=allow_missing, **load_kw)
-    model = from_checkpoint(ck).to(device)
-    model.label_names = list(ck["label_names"])
-    digest = file_digest(checkpoint)
-    mkey = model_key or Path(checkpoint).stem
+    m = sources.load(checkpoint, own_model, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle)
+    ds = m.dataset_for(dataset, root, split, allow_missing=allow_missing, **load_kw)
+    model = m.model.to(device)
+    digest = m.digest
+    mkey = model_key or m.key
     root_group = store() if callable(store) else store
     dkey = dataset_key(root_group, mkey, ds)
     group = st.model_group(root_group, mkey, dkey)
@@ -112,15 +104,16 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
                 group.attrs["data_digest"] = have
     else:
         logits, cand = _scan(model, ds, device)
+        m.check_outputs(logits)
         metrics = table1(logits, torch.from_numpy(ds.labels))
-        metrics.update({"model": ck["model"]["family"], "dataset": ds.name, "split": ds.split})
+        metrics.update({"model": m.family, "dataset": ds.name, "split": ds.split})
         group.create_array("candidates", shape=(len(cand),), chunks=(max(len(cand), 1),), dtype="int64",
                            overwrite=True)[:] = cand
-        group.attrs.update({"metrics": metrics, "checkpoint": str(checkpoint), "checkpoint_digest": digest,
-                            "split": ds.split, "family": ck["model"]["family"], "backbone": ck["model"]["backbone"],
+        group.attrs.update({"metrics": metrics, "checkpoint": m.what, "checkpoint_digest": digest,
+                            "split": ds.split, "family": m.family, "backbone": m.backbone,
                             "label_names": ds.label_names, "num_test_samples": len(ds), "data_options": options,
-                            "data_digest": data_digest(ds, cand)})
-    return Plan(model, ds, mkey, dkey, cand, metrics, str(checkpoint), digest, root_group)
+                            "data_digest": data_digest(ds, cand), **m.attrs()})
+    return Plan(model, ds, mkey, dkey, cand, metrics, m.what, digest, root_group)
 
 
 def data_digest(ds: ImageListDataset, candidates: np.ndarray) -> str:
@@ -250,7 +243,8 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     # refused, an identical copy at another path is accepted. Not in runs from before it existed.
     if mg.attrs.get("data_digest") is not None:
         fingerprint["data_digest"] = mg.attrs["data_digest"]
-    attrs = {"attack": spec.name, "title": spec.title, "preset": rs.preset, "target": rs.target,
+    attrs = {"attack": spec.name, "title": spec.title, "preset": rs.preset, "params": rs.params_resolved,
+             "target": rs.target,
              "target_label": rs.target_label, "config": cfg.to_dict(), "seed": rs.seed, "order": rs.order,
              "early_exit": rs.early_exit, "semantics": "stop-at-success" if rs.early_exit else "fixed-iterations",
              "engine_version": engine.__version__, "n_requested": n_req, "n_available": int(len(p.candidates)),
@@ -294,6 +288,7 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
               progress=None, compile: bool = False) -> int:
     """Attack the samples of chunk ``chunk`` of ``run`` as ``rs`` says and write them (rows, then the
     done flag): the unit of work of ``sml attack`` and of every sweep worker."""
+    started = provenance.now()
     c = int(run.attrs["chunk_size"])
     index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
     spec = rs.spec
@@ -317,11 +312,12 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
             progress(len(ids))
     rows = {k: np.concatenate(v).astype(st.RESULT_FIELDS[k][0]) for k, v in parts.items()}
     rows["y_star"] = rows["y_star"] > 0.5
-    st.write_chunk(run, chunk, rows, reasons, np.concatenate(deltas) if deltas else None)
+    st.write_chunk(run, chunk, rows, reasons, np.concatenate(deltas) if deltas else None,
+                   provenance.record(device, started, run.attrs.get("fingerprint", {}).get("data_digest")))
     return len(index)
 
 
-def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, preset: str = "paper",
+def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Path, *, preset: str = "paper",
                       target: str = "show-many", target_label: Any = None, params: dict | None = None,
                       n: int | None = None, seed: int = 0, order: str | None = None,
                       rounding: str | None = None, dataset: str | None = None,
@@ -330,8 +326,9 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
                       device: str = "cpu", model_key: str | None = None, workers: int = 0,
                       progress: bool = True, compile: str | bool = "auto", embedding: str | Path | None = None,
                       label_names: list[str] | None = None, trust_pickle: bool = False, allow_missing: bool = False,
-                      **load_kw) -> dict[str, Any]:
-    """Run one attack of the study's protocol on one checkpoint into the store at ``out``."""
+                      own_model: dict | None = None, **load_kw) -> dict[str, Any]:
+    """Run one attack of the study's protocol on one checkpoint (or your own model: ``own_model``, see
+    engine.models.sources) into the store at ``out``."""
     # Bad names and values fail here, before the model is loaded.
     rs = RunSpec.from_dict({"attack": attack, "preset": preset, "target": target, "target_label": target_label,
                             "params": dict(params or {}), "n": n, "seed": seed, "order": order, "rounding": rounding,
@@ -351,7 +348,7 @@ def attack_checkpoint(checkpoint: str | Path, attack: str, out: str | Path, *, p
 
         p = plan(checkpoint, open_locked, dataset=dataset, root=root, split=split, device=device,
                  model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
-                 allow_missing=allow_missing, **load_kw)
+                 allow_missing=allow_missing, own_model=own_model, **load_kw)
         return _attack(p, rs, out, device, workers, progress, compiled)
 
 
@@ -374,6 +371,16 @@ def _attack(p: Plan, rs: RunSpec, out, device: str, workers: int, progress: bool
     return summarize(run) | {"seconds": seconds, "chunks_run": len(todo), "store": str(out), "group": run.path}
 
 
+def _params_of(a: dict[str, Any]) -> dict[str, Any]:
+    """A run from before runs recorded their parameters: the config's values that differ from its
+    preset's (what ``--param`` must have set), so that its title still says how it was run."""
+    try:
+        preset = json.loads(json.dumps(attacks.make_config(a["attack"], a["preset"]).to_dict()))
+    except UserError:  # an attack or preset this engine no longer has
+        return {}
+    return {k: v for k, v in sorted(a.get("config", {}).items()) if preset.get(k) != v}
+
+
 def summarize(run) -> dict[str, Any]:
     """Success rates per n (final and best) over the finished rows of a run."""
     a = dict(run.attrs)
@@ -386,7 +393,8 @@ def summarize(run) -> dict[str, Any]:
            "avg_labels": a["avg_labels"], "avg_labels_samples": a.get("avg_labels_samples", a["n"]),
            "avg_labels_source": a.get("avg_labels_source", "mean true-label count of the run's own samples"),
            "rounding": a.get("rounding", "ceil"),  # stores from before the rounding choice scored with ceil
-           "exp_labels": a["exp_labels"], "failed": int(st.read(run, "failed")[rows].sum())}
+           "exp_labels": a["exp_labels"], "failed": int(st.read(run, "failed")[rows].sum()),
+           "params": a["params"] if "params" in a else _params_of(a)}
     if a["target"] == "show-many":
         out["success_final"] = protocol.success_rates(final, a["exp_labels"])
         out["success_best"] = protocol.success_rates(best, a["exp_labels"])

@@ -81,7 +81,14 @@ class RunSpec(Config):
         return self.n_requested
 
     @property
+    def params_resolved(self) -> dict[str, Any]:
+        """The parameters set on top of the preset, as the config holds them (``eps = 1`` -> 1.0)."""
+        cfg = self.config
+        return {k: getattr(cfg, k) for k in sorted(self.params or {})}
+
+    @property
     def key(self) -> str:
-        """The run's group name in the store (plus what the config adds, e.g. "+bf16")."""
-        return st.run_key(self.spec.name, self.preset, self.target, self.early_exit,
-                          self.target_label) + self.config.key_suffix()
+        """The run's group name in the store: the attack, preset, target and the parameters set on
+        top of the preset (``ATTACK@eps=0.03,iterations=40``), so a grid's runs live side by side."""
+        return st.run_key(self.spec.name, self.preset, self.target, self.early_exit, self.target_label,
+                          self.params_resolved)

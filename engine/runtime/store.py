@@ -1,22 +1,29 @@
 """The Zarr (v3) result store: readable with plain ``zarr``, no engine code needed.
 
-Layout (DESIGN.md Sec. 4)::
+Layout::
 
     /{model}/{dataset}/                    attrs: metrics (Table 1), checkpoint, label_names, ...
     /{model}/{dataset}/candidates [M]      test indices the model predicts exactly right
-    /{model}/{dataset}/{run}/              attrs: attack, preset, target, config, seed, exp_labels,
-                                           avg_labels, n_requested, n, chunk_size, engine_version
+    /{model}/{dataset}/{run}/              attrs: attack, preset, params, target, config, seed,
+                                           exp_labels, avg_labels, n_requested, n, chunk_size, ...
         sample_index [N] int64             data set index of each attacked sample
-        labels_true [N,l] bool
+        labels_true [N,l] int8             (bool before format 3)
         label_count_final [N] int16        labels shown by the final iterate (the study's)
         label_count_best [N] int16         most labels shown by any iterate
-        pred [N,l] bool, y_star [N,l] bool
+        pred [N,l] int8, y_star [N,l] int8
         norms [N,4] float32                L0, L1, L2, Linf of x_adv - x
         iters [N] int32
-        success [N] bool, success_best [N] bool, eligible [N] bool, failed [N] bool
+        success, success_best, eligible, failed [N] int8
         reason [N] str                     why a sample failed ("" if it did not)
         x_adv_delta [N,3,H,W] float16      optional (--save-adv): x_adv - x
         done [n_chunks] bool               chunk c holds rows c*chunk_size ... (set last)
+        provenance [n_chunks] str          JSON: versions, device, commit, host, times (format 3)
+        label [l] str, norm [4] str        coordinates: label names, norm names (format 3)
+
+Format 3 makes a run explain itself to readers with no engine code: every array has
+``dimension_names`` (sample, label, norm, chunk, ...) and a ``description``; unfinished rows hold
+fill values no result can take (-1, NaN), declared as ``_FillValue`` so that xarray reads them as
+missing (booleans are int8 0/1 for this reason; :func:`read` gives them back as booleans).
 
 ``run`` is the attack name for the study's setting (preset paper, target show-many) and
 ``attack.preset.target`` otherwise (``+early-exit`` when samples leave at success). Every result
@@ -49,9 +56,51 @@ from zarr.codecs import ZstdCodec
 from engine.errors import UserError
 from engine.runtime.lock import pid_alive
 
-FORMAT = 2  # run groups: 2 = checksummed chunks, every chunk written
+FORMAT = 3  # run groups: 2 = checksummed chunks, every chunk written; 3 = self-describing (below)
 # Every array of a run: zstd with its frame checksum; all chunks written (see the module docstring).
 CODECS = {"compressors": [ZstdCodec(level=0, checksum=True)], "config": {"write_empty_chunks": True}}
+
+# Format 3: what each array means, its dimensions and its fill value, for readers with no engine
+# code (xarray: ``open_zarr(store, group=run)``). Unfinished rows hold values no result can take:
+# -1 for counts and flags (booleans are stored as int8 0/1 so that they can be missing too), NaN for
+# norms; ``_FillValue`` tells xarray to read them as missing.
+NORMS = ("l0", "l1", "l2", "linf")
+DESCRIBE = {
+    "sample_index": ("index of the attacked sample in the data set's test split", None),
+    "labels_true": ("ground-truth labels (1 = present)", None),
+    "label_count_final": ("labels shown (logit >= 0) by the attack's final iterate (the study's count)", "labels"),
+    "label_count_best": ("most labels shown by any iterate", "labels"),
+    "pred": ("labels shown by the final iterate (1 = shown)", None),
+    "y_star": ("the target label vector y* (1 = to be shown)", None),
+    "norms": ("norms of x_adv - x: columns l0, l1, l2, linf (coordinate norm)", "pixel intensity in [0, 1]"),
+    "iters": ("iterations run for the sample", "iterations"),
+    "success": ("target reached by the final iterate (targets other than show-many)", None),
+    "success_best": ("target reached by any iterate", None),
+    "eligible": ("the sample counts for the run's success rates", None),
+    "failed": ("the attack failed on the sample (reason says why)", None),
+    "reason": ("why the sample failed; empty if it did not", None),
+    "x_adv_delta": ("x_adv - x, float16", "pixel intensity in [0, 1]"),
+    "done": ("chunk c holds rows c*chunk_size ... and is complete (set last)", None),
+    "provenance": ("JSON: how chunk c was made (versions, device, commit, host, times, data digest)", None),
+    "label": ("label names", None),
+    "norm": ("names of the norms columns", None),
+}
+DIMS = {"provenance": ("chunk",), "sample_index": ("sample",), "labels_true": ("sample", "label"),
+        "pred": ("sample", "label"),
+        "y_star": ("sample", "label"), "norms": ("sample", "norm"), "reason": ("sample",), "done": ("chunk",),
+        "x_adv_delta": ("sample", "channel", "height", "width"), "label": ("label",), "norm": ("norm",)}
+
+
+def _meta(name: str) -> dict[str, Any]:
+    """create_array keywords that describe array ``name`` (format 3)."""
+    what, units = DESCRIBE[name]
+    attrs: dict[str, Any] = {"description": what, **({"units": units} if units else {})}
+    if name in RESULT_FIELDS or name == "reason":
+        attrs["coordinates"] = "sample_index done"
+    if name == "norms":
+        attrs["columns"] = list(NORMS)
+    return {"dimension_names": DIMS.get(name, ("sample",)), "attributes": attrs}
+
 
 RESULT_FIELDS = {
     # name: (dtype, trailing shape key)
@@ -69,11 +118,24 @@ RESULT_FIELDS = {
 
 
 def run_key(attack: str, preset: str = "paper", target: str = "show-many", early_exit: bool = False,
-            target_label: Any = None) -> str:
+            target_label: Any = None, params: dict[str, Any] | None = None) -> str:
+    """The run's group name: ``ATTACK``, ``ATTACK.released.show-many``, ... and, where parameters were set
+    on top of the preset, ``@`` and those parameters: ``ATTACK@eps=0.03,iterations=40``."""
     key = attack if (preset == "paper" and target == "show-many") else f"{attack}.{preset}.{target}"
     if target_label is not None:
         key += f"-{target_label}"
-    return key + ("+early-exit" if early_exit else "")
+    key += "+early-exit" if early_exit else ""
+    return key + (f"@{param_label(params, ',')}" if params else "")
+
+
+def param_label(params: dict[str, Any], sep: str = ", ") -> str:
+    """``eps=0.03, iterations=40``: sorted by name; floats in their shortest round-trip form (repr),
+    booleans as TOML writes them, so that a name reads back as the values it was made from."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return repr(v) if isinstance(v, float) else str(v)
+    return sep.join(f"{k}={fmt(params[k])}" for k in sorted(params))
 
 
 def is_url(path: str | Path) -> bool:
@@ -194,17 +256,30 @@ def _fill_run(run: zarr.Group, *, n, num_labels, image_shape, chunk_size, attrs,
               fp) -> None:
     n_chunks = max(1, -(-n // chunk_size))
     c = chunk_size
-    run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64", **CODECS)[:] = sample_index
-    run.create_array("labels_true", shape=(n, num_labels), chunks=(c, num_labels), dtype="bool",
-                     **CODECS)[:] = labels_true
+    run.create_array("sample_index", shape=(n,), chunks=(c,), dtype="int64", **CODECS,
+                     **_meta("sample_index"))[:] = sample_index
+    run.create_array("labels_true", shape=(n, num_labels), chunks=(c, num_labels), dtype="int8",
+                     **CODECS, **_meta("labels_true"))[:] = labels_true
     for name, (dt, _) in RESULT_FIELDS.items():
         shape = result_shape(name, n, num_labels)
-        run.create_array(name, shape=shape, chunks=(c,) + shape[1:], dtype=dt, fill_value=0, **CODECS)
-    run.create_array("reason", shape=(n,), chunks=(c,), dtype=str, **CODECS)
+        kw = _meta(name)
+        fill: Any = float("nan") if dt.startswith("float") else -1
+        if dt == "bool":
+            dt = "int8"
+        if not dt.startswith("float"):
+            kw["attributes"]["_FillValue"] = -1  # xarray reads these as missing
+        run.create_array(name, shape=shape, chunks=(c,) + shape[1:], dtype=dt, fill_value=fill, **CODECS, **kw)
+    run.create_array("reason", shape=(n,), chunks=(c,), dtype=str, **CODECS, **_meta("reason"))
     if image_shape is not None:
         run.create_array("x_adv_delta", shape=(n, *image_shape), chunks=(c, *image_shape), dtype="float16",
-                         fill_value=0, **CODECS)
-    run.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False, **CODECS)
+                         fill_value=float("nan"), **CODECS, **_meta("x_adv_delta"))
+    run.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False, **CODECS,
+                     **_meta("done"))
+    run.create_array("provenance", shape=(n_chunks,), chunks=(1,), dtype=str, **CODECS, **_meta("provenance"))
+    names = list(attrs.get("label_names") or range(num_labels))
+    run.create_array("label", shape=(num_labels,), dtype=str, **CODECS, **_meta("label"))[:] = \
+        np.array([str(x) for x in names], dtype=str)
+    run.create_array("norm", shape=(len(NORMS),), dtype=str, **CODECS, **_meta("norm"))[:] = np.array(NORMS)
     run.attrs.update(_json_safe({**attrs, "fingerprint": fp, "chunk_size": chunk_size, "n": n,
                                  "store_format": FORMAT}))
 
@@ -226,16 +301,19 @@ def _clear_partials(group: zarr.Group, key: str) -> None:
 
 
 def write_chunk(run: zarr.Group, chunk: int, rows: dict[str, np.ndarray], reasons: list[str],
-                x_adv_delta: np.ndarray | None = None) -> None:
-    """Write one shard's rows, then mark it done (the flag goes last)."""
+                x_adv_delta: np.ndarray | None = None, provenance: str | None = None) -> None:
+    """Write one shard's rows (and how they were made), then mark it done (the flag goes last)."""
     c = int(run.attrs["chunk_size"])
     lo = chunk * c
     hi = lo + len(reasons)
     for name, value in rows.items():
-        _writable(run, name)[lo:hi] = value
+        arr = _writable(run, name)
+        arr[lo:hi] = np.asarray(value).astype(arr.dtype)  # booleans into format 3's int8
     _writable(run, "reason")[lo:hi] = np.array(reasons, dtype=str)
     if x_adv_delta is not None and "x_adv_delta" in run:
         _writable(run, "x_adv_delta")[lo:hi] = x_adv_delta.astype(np.float16)
+    if provenance is not None and "provenance" in run:  # runs from before format 3 have none
+        _writable(run, "provenance")[chunk] = provenance
     _writable(run, "done")[chunk] = True
 
 
@@ -284,9 +362,14 @@ def _damaged(run: zarr.Group, name: str, chunk: int | None, what: str) -> str:
 
 
 def read(run: zarr.Group, name: str) -> np.ndarray:
-    """A whole array of a run, its chunks' checksums verified (a damaged chunk is a one-line error)."""
+    """A whole array of a run, its chunks' checksums verified (a damaged chunk is a one-line error).
+    Boolean results come back boolean whatever the format stored them as (format 3: int8, -1 for
+    unfinished rows, read as False)."""
     try:
-        return np.asarray(run[name][:])
+        arr = np.asarray(run[name][:])
+        if arr.dtype == np.int8 and (RESULT_FIELDS.get(name, ("",))[0] == "bool" or name == "labels_true"):
+            return arr == 1
+        return arr
     except KeyError:
         raise UserError(_damaged(run, name, None, "is missing")) from None
     except Exception as e:  # noqa: BLE001 - codec errors (checksum, truncated frame) have no common type

@@ -18,9 +18,10 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import UserError
+from engine.models import sources
 from engine.runtime import store as st
 from engine.runtime.runner import file_digest
-from engine.runtime.sweep.sweepfile import RunEntry, Sweep
+from engine.runtime.sweep.sweepfile import ModelEntry, RunEntry, Sweep
 
 FORMAT = 1
 ATTR = "sweep"  # root attribute holding the sweep's record (plan, fingerprint, source text)
@@ -39,10 +40,22 @@ def _run_identity(r: RunEntry) -> dict[str, Any]:
             "exit_every": s.exit_every if s.early_exit else None, "save_adv": s.save_adv}
 
 
+def model_digest(m: ModelEntry) -> str:
+    """A checkpoint's file digest. Your own model is built here once, on the CPU, so that one that
+    does not load or gives the wrong number of scores stops the sweep before anything is written."""
+    if sources.own_kind(m.own_model()) is None:
+        return file_digest(m.checkpoint)
+    try:
+        return sources.load(m.checkpoint, m.own_model()).digest
+    except UserError as e:
+        raise UserError(f"[[model]] {m.key!r}: {e}") from None
+
+
 def make_record(sw: Sweep) -> dict[str, Any]:
     """The sweep's record for the store's root attributes: plan, fingerprint and the file's text."""
-    models = [{"key": m.key, "checkpoint": m.checkpoint, "digest": file_digest(m.checkpoint), "dataset": m.dataset,
-               "root": m.root, "split": m.split, "load_kw": m.load_kw()} for m in sw.models]
+    models = [{"key": m.key, "checkpoint": m.checkpoint, "digest": model_digest(m), "dataset": m.dataset,
+               "root": m.root, "split": m.split, "load_kw": m.load_kw()}
+              | ({"own_model": m.own_model()} if m.own_model() else {}) for m in sw.models]
     runs = [_run_identity(r) for r in sw.runs]
     # Loader options that change the data are part of the identity (absent when none: older records).
     ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} |
@@ -81,6 +94,31 @@ def _identity_diff(old: dict, new: dict) -> list[str]:
     return out or ["its fingerprint"]
 
 
+def _extension(old: dict, new: dict) -> dict[int, int] | None:
+    """{old model index: new index} when ``new`` only adds models and runs to ``old`` (each run's
+    identity is its own fingerprint: one that is in both must be the same), else None."""
+    def mkey(m: dict) -> tuple:
+        return m.get("key"), m.get("dataset"), m.get("split")
+
+    om, nm = old.get("models", []), new.get("models", [])
+    where = {mkey(m): i for i, m in enumerate(nm)}
+    moved = {}
+    for i, m in enumerate(om):
+        j = where.get(mkey(m))
+        if j is None or nm[j] != m:
+            return None  # a model removed or changed
+        moved[i] = j
+
+    def runs(ident: dict, models: list) -> dict[tuple, dict]:
+        return {(mkey(models[r["model"]]), r["key"]): {k: v for k, v in r.items() if k != "model"}
+                for r in ident.get("runs", [])}
+
+    o, n = runs(old, om), runs(new, nm)
+    if any(k not in n or n[k] != v for k, v in o.items()):
+        return None  # a run removed or changed
+    return moved
+
+
 def bind_store(root, record: dict[str, Any], out: str, sweep_path: str) -> dict[str, Any]:
     """Claim the store for this sweep, or reopen it if it holds the same sweep; refuse to mix two."""
     old = dict(root.attrs).get(ATTR)
@@ -92,6 +130,16 @@ def bind_store(root, record: dict[str, Any], out: str, sweep_path: str) -> dict[
         merged = dict(old, models=record["models"], source=record["source"], source_text=record["source_text"])
         root.attrs[ATTR] = json_safe(merged)
         return merged
+    moved = _extension(old.get("identity", {}), record["identity"])
+    if moved is not None:
+        # The file adds runs (or models) and changes none: the store grows. Models already planned
+        # keep their groups, under their index in the new file.
+        planned = {str(moved[int(i)]): v for i, v in old.get("planned", {}).items() if int(i) in moved}
+        grown = dict(record, planned=planned, created=old.get("created"),
+                     history=[*old.get("history", []), {"fingerprint": old.get("fingerprint"),
+                                                        "source_text": old.get("source_text")}])
+        root.attrs[ATTR] = json_safe(grown)
+        return grown
     diff = "; ".join(_identity_diff(old.get("identity", {}), record["identity"]))
     raise UserError(
         f"{out} holds sweep {old.get('name')!r} (from {old.get('source')}), not the sweep in {sweep_path} "

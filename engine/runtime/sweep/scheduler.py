@@ -302,7 +302,7 @@ def _describe(job: _Job) -> str:
 def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None, workers: int | None = None,
               local: bool = False, progress: bool = True, device_resource: str | None = None,
               threads: int | None = None, placement_timeout: float | None = None,
-              retry_failed: bool = False) -> dict[str, Any]:
+              retry_failed: bool = False, yes: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep file ``sweep`` into the store ``out``; returns a summary.
 
     ``threads`` overrides the torch threads per actor (benchmarks); ``device_resource`` names a
@@ -312,7 +312,7 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
         raise UserError(f"--workers must be >= 1, got {workers}")
     if placement_timeout is not None and not 0 < placement_timeout < math.inf:
         raise UserError(f"--placement-timeout must be a positive number of seconds, got {placement_timeout}")
-    sw = load_sweep(sweep)
+    sw = load_sweep(sweep, yes=yes)
     if local:  # the in-process worker's device is this machine's: check it before the store exists
         check_device(pick_device(sw.device))
     out_s = str(out) if st.is_url(out) else str(Path(out).expanduser().resolve())

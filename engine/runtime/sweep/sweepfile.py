@@ -28,10 +28,19 @@ for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those 
     exit_every = 4
     save_adv = false
 
-    [[model]]                # one per (checkpoint, data set)
-    checkpoint = "ckpt/mlgcn-voc2007.pt"   # required
-    key = "mlgcn"            # model group in the store (default: checkpoint file stem)
-    dataset = "voc2007"      # default: the checkpoint's training data set
+    [[model]]                # one per (model, data set)
+    checkpoint = "ckpt/mlgcn-voc2007.pt"   # an ML-GCN / ML-LIW checkpoint, or your own model instead:
+    # factory = "my_pkg.models:build"      #   build() (build(checkpoint) with a checkpoint) returns
+    #                                      #   a module, or (module, label_names)
+    # torchscript = "model.pt"             #   a torch.jit.save file
+    # torchvision = "resnet18"             #   + checkpoint = its state dict (ImageNet-normalised input)
+    # label_names = "labels.txt"           #   or a list; default: the factory's / the file's
+    # output = "logits"                    #   or "probabilities" (converted to logits)
+    # input_size = 224                     #   default: the module's input_size, else the data set's
+    #                                      #   (the contract: engine.models.sources)
+    key = "mlgcn"            # model group in the store (default: checkpoint file stem, factory spec)
+    dataset = "voc2007"      # default: the checkpoint's training data set (own models: required;
+                             # "csv" = a folder of images + a CSV, engine.data.generic)
     root = "data/VOCdevkit"  # default: the checkpoint's training data root
     split = "test"           # default: the data set's test split (another split is group "dataset@split")
     annotations = "csv"      # VOC csv | txt | xml, COCO instances | mlgcn; default auto (whichever is found)
@@ -48,6 +57,7 @@ for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +67,7 @@ from engine import attacks
 from engine import data as data_mod
 from engine.config import TYPE_NAMES, Config, is_a, read_toml
 from engine.errors import UserError
+from engine.models import sources
 from engine.runtime import store as st
 from engine.runtime.runspec import RunSpec
 
@@ -74,6 +85,7 @@ class SweepSettings(Config):
     cpu_attacks: tuple[str, ...] | None = None  # None: every attack whose spec says cpu_bound
     cpu_actor_cpus: int = 4
     placement_timeout: float = 60.0
+    max_runs: int = 256  # more runs than this (grids multiply fast) need --yes
 
     def validate(self) -> None:
         if self.device not in DEVICES:
@@ -85,16 +97,25 @@ class SweepSettings(Config):
             raise UserError(f"cpu_attacks: {e}") from None
         if self.cpu_actor_cpus < 1:
             raise UserError(f"cpu_actor_cpus must be >= 1, got {self.cpu_actor_cpus}")
+        if self.max_runs < 1:
+            raise UserError(f"max_runs must be >= 1, got {self.max_runs}")
         if not 0 < self.placement_timeout < float("inf"):
             raise UserError(f"placement_timeout must be a positive number of seconds, got {self.placement_timeout}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelEntry(Config):
-    """One [[model]] table: a checkpoint on a data set (paths resolved against ``base``)."""
+    """One [[model]] table: a checkpoint, or your own model, on a data set (paths resolved against ``base``)."""
 
-    checkpoint: str
-    key: str | None = None  # None: the checkpoint's file stem
+    checkpoint: str | None = None  # ours (ML-GCN, ML-LIW); with factory or torchvision: their weights file
+    # Your own model instead (engine.models.sources has the contract): one of these three.
+    factory: str | None = None  # "module:function"
+    torchscript: str | None = None  # a torch.jit.save file
+    torchvision: str | None = None  # an architecture name, its state dict in checkpoint
+    label_names: str | list[str] | None = None  # a file (one per line) or a list
+    output: str = "logits"  # logits | probabilities
+    input_size: int | None = None  # None: the model's input_size attribute, else the data set's default
+    key: str | None = None  # None: the checkpoint's (torchscript file's) stem, or the factory spec
     dataset: str | None = None
     root: str | None = None
     split: str | None = None
@@ -102,8 +123,9 @@ class ModelEntry(Config):
     options: dict[str, Any] = field(default_factory=dict)  # the loader's keywords, e.g. difficult = "negative"
 
     def validate(self) -> None:
+        sources.check(self.checkpoint, self.own_model())
         if self.key is None:
-            object.__setattr__(self, "key", Path(self.checkpoint).stem)
+            object.__setattr__(self, "key", sources.default_key(self.checkpoint, self.own_model()))
         st.check_name(self.key, "key")
         # Keys with a place of their own in [[model]] (or none): naming them twice would be ambiguous.
         own = {"source": "; use annotations = ...", "root": "; use root = ...", "split": "; use split = ...",
@@ -111,6 +133,13 @@ class ModelEntry(Config):
         for k in own:
             if k in self.options:
                 raise UserError(f"options: {k!r} is not a loader option here{own[k]}")
+
+    def own_model(self) -> dict[str, Any] | None:
+        """Your own model's keys for engine.models.sources; None for a checkpoint of ours (as before)."""
+        src = {k: getattr(self, k) for k in sources.KEYS if getattr(self, k) is not None}
+        if src.get("output") == "logits":
+            del src["output"]
+        return src or None
 
     def load_kw(self) -> dict[str, Any]:
         """Keywords for the data loader (engine.data.load)."""
@@ -246,18 +275,20 @@ class _Checker:
             self.fail(f"unknown {what} {value!r}{of}; allowed: {', '.join(map(str, allowed))}", line)
 
 
-def load_sweep(path: str | Path, *, datasets: list[str] | None = None, check_files: bool = True) -> Sweep:
+def load_sweep(path: str | Path, *, datasets: list[str] | None = None, check_files: bool = True,
+               yes: bool = False) -> Sweep:
     """Read and strictly validate a sweep file; relative paths resolve against ``[sweep] base``.
 
     ``datasets`` replaces the registered data set names (tests of files for data sets not installed);
-    ``check_files=False`` skips the checks that checkpoints exist.
+    ``check_files=False`` skips the checks that checkpoints exist; ``yes`` allows more runs than
+    ``[sweep] max_runs``.
     """
     data, text = read_toml(path, "sweep file")
-    return parse_sweep(data, text, Path(path), datasets=datasets, check_files=check_files)
+    return parse_sweep(data, text, Path(path), datasets=datasets, check_files=check_files, yes=yes)
 
 
 def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None = None,
-                check_files: bool = True) -> Sweep:
+                check_files: bool = True, yes: bool = False) -> Sweep:
     ck = _Checker(str(path), text)
     loc = ck.loc
     for k in data:
@@ -287,6 +318,10 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
     models = _models(ck, data.get("model", []), resolve, datasets, check_files)
     runs = _attacks(ck, data.get("attack", []), proto)
     entries = [RunEntry(model=mi, spec=rs, line=line) for mi in range(len(models)) for rs, line in runs]
+    if len(entries) > settings.max_runs and not yes:
+        ck.fail(f"the sweep makes {len(entries)} runs ({len(runs)} per model x {len(models)} models), more than "
+                f"[sweep] max_runs = {settings.max_runs}: check its grids, then pass --yes (or raise max_runs)",
+                loc.key_line("max_runs", "sweep"))
     return Sweep(name=settings.name or path.stem, path=str(path.resolve()), text=text, models=models, runs=entries,
                  settings=settings)
 
@@ -299,12 +334,16 @@ def _models(ck: _Checker, tables: list[dict], resolve, datasets: list[str] | Non
     seen: dict[tuple, int] = {}
     for i, m in enumerate(tables):
         where = f"[[model]] #{i + 1}"
-        line = ck.keys(m, ModelEntry.schema(), where, "model", i, required=("checkpoint", '"path/to/model.pt"'))
-        entry = ck.build(ModelEntry, {**m, "checkpoint": resolve(m["checkpoint"]), "root": resolve(m.get("root")),
-                                      "key": m.get("key", Path(m["checkpoint"]).stem)},
-                         where, [(m, "model", i)], line)
-        if check_files and not Path(entry.checkpoint).is_file():
-            ck.fail(f"{where}: checkpoint {entry.checkpoint} not found", loc.key_line("checkpoint", "model", i))
+        line = ck.keys(m, ModelEntry.schema(), where, "model", i)
+        if not any(m.get(k) for k in ("checkpoint", *sources.OWN)):
+            ck.fail(f'{where} needs checkpoint = "path/to/model.pt" (or your own model: factory = "module:function", '
+                    f'torchscript = "file" or torchvision = "arch" with a checkpoint)', line)
+        paths = {k: resolve(m.get(k)) for k in ("checkpoint", "torchscript", "root")}
+        if isinstance(m.get("label_names"), str):
+            paths["label_names"] = resolve(m["label_names"])
+        entry = ck.build(ModelEntry, {**m, **paths}, where, [(m, "model", i)], line)
+        if check_files:
+            _model_files(ck, entry, where, i)
         if entry.dataset is not None:
             ck.choice(entry.dataset, known_ds, "dataset", loc.key_line("dataset", "model", i))
         ident = (entry.key, entry.dataset, entry.split)
@@ -316,6 +355,20 @@ def _models(ck: _Checker, tables: list[dict], resolve, datasets: list[str] | Non
     if not models:
         ck.fail("no [[model]] tables: a sweep needs at least one model", None)
     return models
+
+
+def _model_files(ck: _Checker, entry: ModelEntry, where: str, i: int) -> None:
+    """The model's files exist and a factory's module imports here, in the driver (each actor
+    imports it again before its first job: engine.runtime.sweep.worker)."""
+    for k in ("checkpoint", "torchscript", "label_names"):
+        v = getattr(entry, k)
+        if isinstance(v, str) and not Path(v).is_file():
+            ck.fail(f"{where}: {k} {v} not found", ck.loc.key_line(k, "model", i))
+    if entry.factory is not None:
+        try:
+            sources.import_factory(entry.factory)
+        except UserError as e:
+            ck.fail(f"{where}: {e}", ck.loc.key_line("factory", "model", i))
 
 
 def _attacks(ck: _Checker, tables: list[dict], proto: dict) -> list[tuple[RunSpec, int | None]]:
@@ -344,14 +397,32 @@ def _attacks(ck: _Checker, tables: list[dict], proto: dict) -> list[tuple[RunSpe
         common = {k: a[k] if k in a else proto[k] for k in PROTOCOL_KEYS if k in a or k in proto}
         for pr in presets:
             for tg in targets:
-                values = {**common, "attack": name, "preset": pr, "target": tg, "params": dict(a.get("params", {})),
-                          "target_label": a.get("target_label")}
-                rs = ck.build(RunSpec, values, where, [(a, "attack", i), (proto, "protocol", None)], line)
-                if rs.key in seen:
-                    ck.fail(f"{where} repeats run {rs.key!r} of [[attack]] #{seen[rs.key] + 1}; change its "
-                            f"preset, target or target_label", line)
-                seen[rs.key] = i
-                out.append((rs, line))
+                for params in _grid(ck, spec, a.get("params", {}), where, i):
+                    values = {**common, "attack": name, "preset": pr, "target": tg, "params": params,
+                              "target_label": a.get("target_label")}
+                    rs = ck.build(RunSpec, values, where, [(a, "attack", i), (proto, "protocol", None)], line)
+                    if rs.key in seen:
+                        ck.fail(f"{where} repeats run {rs.key!r} of [[attack]] #{seen[rs.key] + 1}; change its "
+                                f"preset, target, target_label or params", line)
+                    seen[rs.key] = i
+                    out.append((rs, line))
     if not out:
         ck.fail(f"no [[attack]] tables: a sweep needs at least one attack (one of: {', '.join(known)})", None)
     return out
+
+
+def _grid(ck: _Checker, spec, params: dict, where: str, index: int) -> list[dict]:
+    """The parameter sets of one [[attack]]: a list where the parameter takes one value is an axis,
+    and the axes' cartesian product is the runs (first key outermost, as the file lists them)."""
+    schema = spec.config.schema()
+    axes: dict[str, list] = {}
+    for k, v in params.items():
+        if isinstance(v, list) and schema.get(k, object) is not list:
+            if not v:
+                ck.fail(f"{where}: params {k} is an empty list (a grid axis needs at least one value)",
+                        ck.loc.key_line(k, "attack", index))
+            axes[k] = v
+    if not axes:
+        return [dict(params)]
+    combos = itertools.product(*axes.values())
+    return [{**params, **dict(zip(axes, combo))} for combo in combos]

@@ -19,6 +19,7 @@ import torch
 
 from engine.device import check_device
 from engine.errors import UserError
+from engine.models import sources
 from engine.runtime import runner
 from engine.runtime import store as st
 from engine.runtime.runspec import RunSpec
@@ -54,11 +55,12 @@ class SweepWorker:
     def _plan(self, i: int, verify_data: bool = False):
         if i not in self.plans:
             m = self.models[i]
+            # Your own model (m["own_model"]) is rebuilt here: its factory's module must import on this node too.
             p = runner.plan(m["checkpoint"], self.root, dataset=m["dataset"], root=m["root"], split=m["split"],
                             device=self.device, model_key=m["key"], verify_data=verify_data,
-                            **m.get("load_kw", {}))
+                            own_model=m.get("own_model"), **m.get("load_kw", {}))
             if p.digest != m["digest"]:
-                raise UserError(f"{m['checkpoint']} changed since the sweep started (digest {m['digest']}, now "
+                raise UserError(f"{p.checkpoint} changed since the sweep started (digest {m['digest']}, now "
                                 f"{p.digest}); let training finish, then run the sweep again")
             self.plans[i] = p
         return self.plans[i]
@@ -81,7 +83,8 @@ class SweepWorker:
             return {"model": i, "group": f"{p.model_key}/{p.dataset_key}", "dataset": p.dataset_key, "runs": runs,
                     "seconds": time.perf_counter() - t0, "pid": os.getpid()}
         except UserError as e:
-            return {"error": f"{self.models[i]['checkpoint']}: {e}"}
+            m = self.models[i]
+            return {"error": f"{sources.describe(m['checkpoint'], m.get('own_model'))}: {e}"}
 
     def shard(self, j: int, path: str, chunk: int) -> dict[str, Any]:
         """Attack chunk ``chunk`` of run ``j`` (group ``path``) and write it; skip it if already done."""

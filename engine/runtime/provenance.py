@@ -1,0 +1,87 @@
+"""How a shard was made: package versions, device, engine commit, host, times, data digest.
+
+Each shard writes one JSON record into its run's ``provenance`` array (one element per chunk, like
+``done``: every shard its own chunk file, so concurrent actors never rewrite each other's record).
+The report summarises the distinct values per run into a file of its own, so that tables.md stays
+deterministic, and warns when the runs of one table come from different versions or devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import socket
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import engine
+
+PACKAGES = ("torch", "torchvision", "triton", "numpy", "ray", "zarr", "highspy")
+# What must agree between the runs of one table for their numbers to be comparable as the README
+# claims (bitwise identity holds for the same versions and device, see "Determinism").
+COMPARED = ("packages", "device", "device_count", "cuda", "engine_version", "git_commit")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@functools.cache
+def _git() -> tuple[str | None, bool | None]:
+    """The engine's commit and dirty flag when it runs from a git checkout (else None, None)."""
+    repo = Path(engine.__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        return None, None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return head, dirty if head else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+@functools.cache
+def static(device: str) -> dict[str, Any]:
+    """The part of a record that is the same for every shard of a process (computed once)."""
+    pk = {}
+    for name in PACKAGES:
+        try:
+            pk[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pk[name] = None
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    commit, dirty = _git()
+    return {"packages": pk, "python": platform.python_version(), "engine_version": engine.__version__,
+            "git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(),
+            "device": torch.cuda.get_device_name(torch.device(device)) if cuda else f"cpu ({platform.machine()})",
+            "device_count": torch.cuda.device_count() if cuda else 1,
+            "cuda": {"runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version()} if cuda else None,
+            "cpu_count": os.cpu_count()}
+
+
+def record(device: str, started: str, data_digest: str | None) -> str:
+    """One shard's record, as the JSON text stored in its chunk of ``provenance``."""
+    return json.dumps({**static(device), "torch_threads": torch.get_num_threads(), "started": started,
+                       "finished": now(), "data_digest": data_digest}, sort_keys=True)
+
+
+def summarise(records: list[str]) -> dict[str, Any]:
+    """A run's distinct values per field (times as first start and last end)."""
+    recs = [json.loads(r) for r in records if r]
+    if not recs:
+        return {}
+    out: dict[str, Any] = {"shards": len(recs), "first_started": min(r["started"] for r in recs),
+                           "last_finished": max(r["finished"] for r in recs)}
+    for k in sorted({k for r in recs for k in r} - {"started", "finished"}):
+        vals = {json.dumps(r.get(k), sort_keys=True) for r in recs}
+        out[k] = [json.loads(v) for v in sorted(vals)]
+    return out
