@@ -9,7 +9,7 @@ SML := $(BIN)/sml
 DEVICE ?= cpu
 QUICK ?= 0
 
-.PHONY: setup run run-released test test-all bench lint clean-demo gpu-check gpu-wheels
+.PHONY: setup run run-released run-grid test test-all bench lint clean-demo gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ run: setup
 run-released: run
 	$(SML) sweep sweeps/demo_released.toml --out $(DEMO)/released.zarr
 	$(SML) report $(DEMO)/released.zarr --out $(DEMO)/reports-released
+
+# A parameter grid (PGD: 4 budgets x 2 iteration counts) on the demo; needs `make run`'s models.
+run-grid: run
+	$(SML) sweep sweeps/demo_grid.toml --out $(DEMO)/grid.zarr
+	$(SML) report $(DEMO)/grid.zarr --out $(DEMO)/reports-grid
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
