@@ -349,6 +349,8 @@ def test_shipped_sweep_files_parse():
     assert {r.spec.preset for r in demo.runs if r.spec.attack == "mlcw"} == {"demo"}
     # Relative paths resolve against the folder above the file's folder: the repository root.
     assert demo.models[0].checkpoint == str(REPO / "runs/demo/ckpt/mlgcn.pt")
+    grid = sw.load_sweep(REPO / "sweeps/demo_grid.toml", check_files=False)
+    assert len(grid.runs) == 2 * 8 and grid.runs[0].spec.key == "pgd@eps=0.01,iterations=10"
     rel = sw.load_sweep(REPO / "sweeps/released.toml", datasets=["voc2007", "voc2012", "nuswide", "coco"],
                         check_files=False)
     assert len(rel.models) == 8 and {r.spec.preset for r in rel.runs} == {"released"}
