@@ -49,6 +49,16 @@ def _git() -> tuple[str | None, bool | None]:
         return None, None
 
 
+def _driver() -> str | None:
+    """The NVIDIA driver's version (torch does not expose it; nvidia-smi does), None if unknown."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.split()
+        return out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 @functools.cache
 def static(device: str) -> dict[str, Any]:
     """The part of a record that is the same for every shard of a process (computed once)."""
@@ -64,7 +74,8 @@ def static(device: str) -> dict[str, Any]:
             "git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(),
             "device": torch.cuda.get_device_name(torch.device(device)) if cuda else f"cpu ({platform.machine()})",
             "device_count": torch.cuda.device_count() if cuda else 1,
-            "cuda": {"runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version()} if cuda else None,
+            "cuda": {"runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                     "driver": _driver()} if cuda else None,
             "cpu_count": os.cpu_count()}
 
 
