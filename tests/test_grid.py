@@ -233,3 +233,11 @@ def test_python_api_results_go_into_a_store_and_report(trained, demo_root, tmp_p
     run.attrs["fingerprint"] = {**run.attrs["fingerprint"], "config": {"eps": 1.0}}
     with pytest.raises(UserError, match="differs in: config"):
         store.write_run(out, res, **kw)
+
+
+def test_whole_store_opens_as_an_xarray_datatree(grid_store):
+    import xarray as xr  # a test dependency (pyproject: test extras)
+
+    tree = xr.open_datatree(str(grid_store), engine="zarr", consolidated=False)
+    run = tree["mlgcn/demo/pgd@eps=0.03,iterations=3,step=0.05"]
+    assert run.ds.norms.dims == ("sample", "norm") and "candidates" in tree["mlgcn/demo"].ds

@@ -108,6 +108,7 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
         metrics = table1(logits, torch.from_numpy(ds.labels))
         metrics.update({"model": m.family, "dataset": ds.name, "split": ds.split})
         group.create_array("candidates", shape=(len(cand),), chunks=(max(len(cand), 1),), dtype="int64",
+                           dimension_names=("candidate",),
                            overwrite=True)[:] = cand
         group.attrs.update({"metrics": metrics, "checkpoint": m.what, "checkpoint_digest": digest,
                             "split": ds.split, "family": m.family, "backbone": m.backbone,
