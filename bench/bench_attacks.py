@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bench.timing import sync as _sync
+from bench.timing import timed as _timed
 from engine import attacks
 from engine.attacks import losses, precision, targets
 from engine.attacks.driver import clean_step, grad_and_logits, sample_noise
@@ -36,19 +38,6 @@ from engine.attacks.losses import bce
 
 ATTACKS = ("fgsm", "fgm", "bim", "pgd", "mifgsm", "slide")
 ITERATIONS = 40
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Tensor]:
-    _sync(device)
-    t = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t, out
 
 
 def _advertorch():

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import sys
-import time
 
 import torch
 
+from bench.timing import median_time
 from kernels import reference as R
 
 ODD_SHAPES = ((3, 3, 17, 29), (1, 1), (2, 7), (5, 3, 9, 11))
@@ -80,22 +79,6 @@ def agreement(device: str, shapes=ODD_SHAPES, large=None) -> list[dict]:
     return rows
 
 
-def _median_time(fn, device, reps):
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    fn()  # warm-up: compile, allocator
-    times = []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 # Bytes a step must move at least, in units of the tensor's size: x, x0, g (and momentum) read,
 # x (and momentum) written.
 _MIN_TRAFFIC = {"linf": 4, "l2": 4, "mifgsm": 6, "slide-exact": 4, "slide-advertorch": 4}
@@ -107,15 +90,15 @@ def speed(device: str, shape=(8, 3, 448, 448), reps: int = 10) -> list[dict]:
     nbytes = x.numel() * x.element_size()
     if device.startswith("cuda"):
         buf = torch.empty_like(x)
-        copy_s = _median_time(lambda: buf.copy_(x), device, reps)
+        copy_s = median_time(lambda: buf.copy_(x), device, reps)
         copy_bw = 2 * nbytes / copy_s  # read + write
         rows.append({"bench": "kernel-speed", "kernel": "copy", "shape": list(shape), "ms": 1e3 * copy_s,
                      "gb_per_s": copy_bw / 1e9})
         for name, (mod, fn_name, args) in _cases().items():
             kern = getattr(importlib.import_module(f"kernels.{mod}"), fn_name)
             ref = getattr(R, fn_name)
-            t_k = _median_time(lambda k=kern, n=name, a=args: _call(k, n, x, x0, g, m, a), device, reps)
-            t_r = _median_time(lambda r=ref, n=name, a=args: _call(r, n, x, x0, g, m, a), device, reps)
+            t_k = median_time(lambda k=kern, n=name, a=args: _call(k, n, x, x0, g, m, a), device, reps)
+            t_r = median_time(lambda r=ref, n=name, a=args: _call(r, n, x, x0, g, m, a), device, reps)
             bw = _MIN_TRAFFIC[name] * nbytes / t_k
             rows.append({"bench": "kernel-speed", "kernel": name, "shape": list(shape), "ms": 1e3 * t_k,
                          "reference_ms": 1e3 * t_r, "gb_per_s": bw / 1e9, "of_copy_bandwidth": bw / copy_bw})
@@ -130,8 +113,8 @@ def selection_speed(device: str, shape, reps: int) -> list[dict]:
     bits = g.abs().view(torch.int32)
     for sparsity in (0.99, 0.5):
         k = R.slide_k(g.shape[1], sparsity)
-        t_search = _median_time(lambda k=k: R._kth_largest_bits(bits, k), device, reps)
-        t_topk = _median_time(lambda k=k: torch.topk(g.abs(), k, dim=1, sorted=False).values.amin(1), device, reps)
+        t_search = median_time(lambda k=k: R._kth_largest_bits(bits, k), device, reps)
+        t_topk = median_time(lambda k=k: torch.topk(g.abs(), k, dim=1, sorted=False).values.amin(1), device, reps)
         rows.append({"bench": "slide-selection", "device": device, "shape": list(shape), "sparsity": sparsity,
                      "search_ms": 1e3 * t_search, "topk_ms": 1e3 * t_topk, "faster": "topk" if t_topk < t_search
                      else "search"})

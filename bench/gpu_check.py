@@ -172,7 +172,8 @@ def floor_seconds(model, x, *, iterations: int, repeats: int, device: str) -> fl
     (bench.bench_attacks.floor_run), median of `repeats`."""
     import torch
 
-    from bench.bench_attacks import _timed, floor_run
+    from bench.bench_attacks import floor_run
+    from bench.timing import timed as _timed
     from engine import attacks
 
     model = attacks.attack_mode(model).__enter__()
@@ -186,7 +187,7 @@ def attack_rows(model, x, model_name: str, names, compiled, *, iterations: int, 
                 floor: float) -> list[dict]:
     """ours / floor per attack, eager and (for `compiled`) torch.compile'd, with the first compiled
     call's extra time (the compile) and the peak memory of each; `floor` is for `iterations`."""
-    from bench.bench_attacks import _timed
+    from bench.timing import timed as _timed
     from engine import attacks
 
     ids = list(range(x.shape[0]))
@@ -241,7 +242,7 @@ def compile_mode(mode: str):
 
 def mode_row(model, x, model_name: str, mode: str, *, iterations: int, repeats: int, device: str,
              floor_s: float) -> dict:
-    from bench.bench_attacks import _timed
+    from bench.timing import timed as _timed
     from engine import attacks
 
     ids = list(range(x.shape[0]))

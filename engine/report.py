@@ -146,10 +146,7 @@ def long_rows(rows: list[dict]) -> list[dict]:
 
 def plot(rows: list[dict], out_dir) -> list:
     """One PNG per model: success rate (final iterate) against n, one line per attack."""
-    import matplotlib  # heavy (~0.5 s); only plots need it
-
-    matplotlib.use("Agg")  # headless: must precede pyplot's import
-    import matplotlib.pyplot as plt  # after use("Agg"), hence here too
+    plt = _pyplot()
 
     paths = []
     show = [r for r in rows if r["target"] == "show-many"]
@@ -164,6 +161,15 @@ def plot(rows: list[dict], out_dir) -> list:
             _success_axes(ax, "n (expLabels level)")
         paths.append(_save(plt, fig, Path(out_dir) / f"success_{mk}.png"))
     return paths
+
+
+def _pyplot():
+    import matplotlib  # heavy (~0.5 s); only plots need it
+
+    matplotlib.use("Agg")  # headless: must precede pyplot's import
+    import matplotlib.pyplot as plt  # after use("Agg"), hence here too
+
+    return plt
 
 
 def _success_axes(ax, xlabel: str) -> None:
@@ -201,10 +207,7 @@ def swept(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
 def plot_swept(rows: list[dict], out_dir, only: str | None = None) -> list:
     """Per swept parameter: success (final iterate) against its values, one line per n level (and
     per setting of the grid's other parameters, told apart by line style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     paths = []
     for (mk, ds, attack, preset, _), params in sorted(swept(rows).items()):

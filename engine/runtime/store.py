@@ -85,10 +85,10 @@ DESCRIBE = {
     "label": ("label names", None),
     "norm": ("names of the norms columns", None),
 }
-DIMS = {"provenance": ("chunk",), "sample_index": ("sample",), "labels_true": ("sample", "label"),
-        "pred": ("sample", "label"),
-        "y_star": ("sample", "label"), "norms": ("sample", "norm"), "reason": ("sample",), "done": ("chunk",),
-        "x_adv_delta": ("sample", "channel", "height", "width"), "label": ("label",), "norm": ("norm",)}
+# Dimensions of the arrays that are not results (results: see _dims, from RESULT_FIELDS).
+DIMS = {"sample_index": ("sample",), "labels_true": ("sample", "label"), "reason": ("sample",),
+        "done": ("chunk",), "provenance": ("chunk",), "x_adv_delta": ("sample", "channel", "height", "width"),
+        "label": ("label",), "norm": ("norm",)}
 
 
 def _meta(name: str) -> dict[str, Any]:
@@ -99,7 +99,14 @@ def _meta(name: str) -> dict[str, Any]:
         attrs["coordinates"] = "sample_index done"
     if name == "norms":
         attrs["columns"] = list(NORMS)
-    return {"dimension_names": DIMS.get(name, ("sample",)), "attributes": attrs}
+    return {"dimension_names": _dims(name), "attributes": attrs}
+
+
+def _dims(name: str) -> tuple[str, ...]:
+    if name not in RESULT_FIELDS:
+        return DIMS[name]
+    trail = RESULT_FIELDS[name][1]
+    return ("sample",) if trail is None else ("sample", "label" if trail == "l" else "norm")
 
 
 RESULT_FIELDS = {
