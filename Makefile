@@ -9,7 +9,7 @@ SML := $(BIN)/sml
 DEVICE ?= cpu
 QUICK ?= 0
 
-.PHONY: setup run run-released run-grid test test-all bench lint clean-demo gpu-check gpu-wheels
+.PHONY: setup run run-released run-grid test test-all bench lint docs docs-setup clean-demo gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -49,7 +49,19 @@ bench: setup
 	$(BIN)/python -m bench --device $(DEVICE) $(if $(filter 1,$(QUICK)),--quick,)
 
 lint: setup
-	$(BIN)/ruff check engine kernels cli tests bench
+	$(BIN)/ruff check engine kernels cli tests bench docs
+
+# The documentation site: regenerate the generated pages (from the registry, the CLI and
+# bench/results), then build under --strict into build/site/.
+DOCS_STAMP := $(VENV)/.docs-installed
+docs-setup: setup $(DOCS_STAMP)
+$(DOCS_STAMP): pyproject.toml
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,docs]'
+	@touch $(DOCS_STAMP)
+
+docs: docs-setup
+	$(BIN)/python docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean-demo:
 	rm -rf $(DEMO)

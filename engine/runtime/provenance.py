@@ -1,4 +1,4 @@
-"""How a shard was made: package versions, device, engine commit, host, times, data digest.
+"""How a shard was made: package versions, device, CPU model, engine commit, host, times, data digest.
 
 Each shard writes one JSON record into its run's ``provenance`` array (one element per chunk, like
 ``done``: every shard its own chunk file, so concurrent actors never rewrite each other's record).
@@ -26,7 +26,12 @@ import engine
 PACKAGES = ("torch", "torchvision", "triton", "numpy", "ray", "zarr", "highspy")
 # What must agree between the runs of one table for their numbers to be comparable as the README
 # claims (bitwise identity holds for the same versions and device, see "Determinism").
-COMPARED = ("packages", "device", "device_count", "cuda", "engine_version", "git_commit")
+COMPARED = ("packages", "device", "device_count", "cuda", "cpu", "engine_version", "git_commit")
+# Vector extensions that decide which of torch's CPU kernels run (ATen dispatches on the ISA level
+# it reports as torch.backends.cpu.get_cpu_capability()): float sums in other orders, so numbers
+# computed on the CPU, trained demo models included, can differ in the last bits between CPUs.
+EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
 
 
 def now() -> str:
@@ -60,6 +65,26 @@ def _driver() -> str | None:
 
 
 @functools.cache
+def cpu() -> dict[str, Any]:
+    """The CPU model, the vector extensions it has (of :data:`EXTENSIONS`) and the ISA level torch's
+    kernels use on it (``ATEN_CPU_CAPABILITY`` can lower it)."""
+    model, flags = None, set()
+    try:  # Linux; elsewhere the platform's processor string and no extension list
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model name", "Processor") and model is None:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine(),
+            "extensions": [e for e in EXTENSIONS if e in flags],
+            "torch_isa": torch.backends.cpu.get_cpu_capability()}
+
+
+@functools.cache
 def static(device: str) -> dict[str, Any]:
     """The part of a record that is the same for every shard of a process (computed once)."""
     pk = {}
@@ -76,7 +101,7 @@ def static(device: str) -> dict[str, Any]:
             "device_count": torch.cuda.device_count() if cuda else 1,
             "cuda": {"runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
                      "driver": _driver()} if cuda else None,
-            "cpu_count": os.cpu_count()}
+            "cpu": cpu(), "cpu_count": os.cpu_count()}
 
 
 def record(device: str, started: str, data_digest: str | None) -> str:

@@ -1,0 +1,1 @@
+"""Renderers of the documentation's generated pages (see docs/generate.py)."""
