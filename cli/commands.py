@@ -16,10 +16,10 @@ from engine import data
 from engine.config import DemoDataConfig, ModelConfig, load_toml
 from engine.data import demo
 from engine.errors import UserError
-from engine.export import export_csv
 from engine.models.evaluate import evaluate
 from engine.models.train import recipe, train
 from engine.report import render, table1_markdown
+from engine.results.export import export_csv
 from engine.runtime.runner import attack_checkpoint
 from engine.runtime.sweep import run_sweep, sweep_status
 from engine.runtime.sweep.plan import format_plan, plan_sweep

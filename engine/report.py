@@ -9,10 +9,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine import results
 from engine.attacks.registry import ORDER
 from engine.errors import UserError
-from engine.runtime import provenance, runner
-from engine.runtime import store as st
+from engine.runtime import provenance
 from engine.util import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,15 @@ def table1_markdown(rows: Sequence[dict]) -> str:
 def collect(store_path, damaged: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(attack rows, Table 1 rows) from a result store; only finished chunks count. A damaged run
     is an error, or, given a ``damaged`` list, left out and its message appended there."""
-    root = st.open_store(store_path, "r")
+    root = results.open_store(store_path, "r")
     rows, t1, seen = [], [], set()
-    for model, dataset, key, run in st.iter_runs(root):
+    for model, dataset, key, run in results.iter_runs(root):
         mg = root[f"{model}/{dataset}"]
         if (model, dataset) not in seen and "metrics" in mg.attrs:
             seen.add((model, dataset))
             t1.append({**mg.attrs["metrics"], "model_key": model, "dataset": dataset})
         try:
-            s = runner.summarize(run)
+            s = results.summarize(run)
         except UserError as e:
             if damaged is None:
                 raise
@@ -62,7 +62,7 @@ def _order(row: dict) -> tuple:
     which the names alone would not sort)."""
     a = row["attack"]
     params = tuple((k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
-                   for k, v in sorted(row.get("params", {}).items()))
+                   for k, v in sorted(row["params"].items()))
     return (row["model_key"], row["dataset"], ORDER.index(a) if a in ORDER else 99, row["run"].split("@")[0],
             params, row["run"])
 
@@ -70,7 +70,7 @@ def _order(row: dict) -> tuple:
 def _label(row: dict) -> str:
     t = row["title"]
     how = ([row["preset"]] if row["preset"] != "paper" else []) + (
-        [st.param_label(row["params"])] if row.get("params") else [])
+        [results.param_label(row["params"])] if row["params"] else [])
     if how:
         t += f" ({'; '.join(how)})"
     if row["semantics"] == "stop-at-success":
@@ -136,7 +136,7 @@ def long_rows(rows: list[dict]) -> list[dict]:
             for n, (exp, v) in enumerate(zip(levels, vals)):
                 out.append({"model": r["model"], "model_key": r["model_key"], "dataset": r["dataset"],
                             "attack": r["attack"], "preset": r["preset"], "run": r["run"],
-                            "params": st.param_label(r.get("params", {}), ";"), "target": r["target"],
+                            "params": results.param_label(r["params"], ";"), "target": r["target"],
                             "semantics": r["semantics"], "count": sem, "n": n, "exp_labels": exp,
                             "success_rate": v, "samples": r["n_eligible"], "samples_requested": r["n_requested"],
                             "order": r["order"], "rounding": r["rounding"], "avg_labels": r["avg_labels"],
@@ -192,7 +192,7 @@ def swept(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
     for each parameter that takes at least two numeric values among that attack's show-many runs."""
     fams: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["target"] == "show-many" and r.get("params"):
+        if r["target"] == "show-many" and r["params"]:
             fams.setdefault((r["model_key"], r["dataset"], r["attack"], r["preset"], r["semantics"]), []).append(r)
     out: dict[tuple, dict[str, list[dict]]] = {}
     for fam, rs in fams.items():
@@ -299,15 +299,13 @@ def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete:
 def provenance_report(store_path, rows: list[dict]) -> tuple[dict[str, dict], list[str]]:
     """({model/dataset/run: its provenance summary}, warnings): one warning per table block (model,
     data set) whose runs come from different package versions, devices or engine commits."""
-    root = st.open_store(store_path, "r")
+    root = results.open_store(store_path, "r")
     prov = {}
     for r in rows:
         path = f"{r['model_key']}/{r['dataset']}/{r['run']}"
         run = root[path]
-        if "provenance" in run:
-            done = st.done_flags(run)
-            recs = st.read(run, "provenance")
-            prov[path] = provenance.summarise([str(x) for x, d in zip(recs, done) if d])
+        recs = results.read(run, "provenance")
+        prov[path] = provenance.summarise([str(x) for x, d in zip(recs, results.done_flags(run)) if d])
     warnings = []
     blocks: dict[tuple, list[str]] = {}
     for path in prov:

@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine import attacks, protocol
+from engine import attacks, protocol, results
 from engine.attacks.mlalp import ReleasedThresholds
 from engine.errors import UserError
 from engine.report import render
 from engine.runtime import runner
-from engine.runtime import store as st
 from engine.runtime.runspec import RunSpec
 
 
@@ -234,13 +233,13 @@ def test_released_run_first_n_floor_ladder_and_report(trained, demo_root, tmp_pa
     rel = runner.attack_checkpoint(trained["mlgcn"], "fgsm", out, preset="released", n=6, chunk_size=3,
                                    root=demo_root, progress=False)
     pap = runner.attack_checkpoint(trained["mlgcn"], "fgsm", out, n=6, chunk_size=3, root=demo_root, progress=False)
-    root = st.open_store(out, "r")
+    root = results.open_store(out, "r")
     group = root["mlgcn/demo"]
     cand = np.asarray(group["candidates"][:])
     run = group["fgsm.released.show-many"]
     assert np.asarray(run["sample_index"][:]).tolist() == cand[:6].tolist()  # the first 6, in file order
     a = dict(run.attrs)
-    labels = np.asarray(st.open_store(out, "r")["mlgcn/demo/fgsm/labels_true"][:])
+    labels = np.asarray(results.open_store(out, "r")["mlgcn/demo/fgsm/labels_true"][:])
     assert labels.shape[0] == 6
     assert a["rounding"] == "floor" and a["order"] == "first"
     # avgLabels: one per (model, data set), over min(1000, all) selected samples, whatever N the run has
@@ -259,7 +258,7 @@ def test_splits_of_one_model_live_side_by_side(trained, demo_root, tmp_path):
     runner.attack_checkpoint(trained["mlgcn"], "fgsm", out, n=4, chunk_size=4, root=demo_root, progress=False)
     runner.attack_checkpoint(trained["mlgcn"], "fgsm", out, n=4, chunk_size=4, root=demo_root, split="train",
                              progress=False)
-    root = st.open_store(out, "r")
+    root = results.open_store(out, "r")
     assert root["mlgcn/demo"].attrs["split"] == "test"
     assert root["mlgcn/demo@train"].attrs["split"] == "train"
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import cli.main
+from engine import results
 from engine.errors import UserError
 from engine.report import collect, render
-from engine.runtime import store as st
 from engine.runtime.sweep import run_sweep, sweep_status
 from engine.runtime.sweep.sweepfile import load_sweep
 
@@ -128,7 +128,7 @@ def test_store_opens_in_xarray_with_named_dims_and_missing_rows(grid_store, tmp_
         assert np.isnan(v[3:]).all() and not np.isnan(v[:3]).any(), (name, v)
     assert np.isnan(ds.norms.values[3:]).all()
     # The engine reads the same store: booleans back as booleans, unfinished rows not counted.
-    assert st.read(run, "success").dtype == bool
+    assert results.read(run, "success").dtype == bool
 
 
 def test_export_matches_the_tables_row_for_row(grid_store, tmp_path, capsys):
@@ -208,7 +208,7 @@ def test_readme_xarray_example_runs(grid_store, capsys):
 
 
 def test_python_api_results_go_into_a_store_and_report(trained, demo_root, tmp_path):
-    from engine import attacks, data, models, store
+    from engine import attacks, data, models
 
     model = models.load(trained["mlgcn"])
     ds = data.load("demo", root=demo_root, size=20)
@@ -218,8 +218,8 @@ def test_python_api_results_go_into_a_store_and_report(trained, demo_root, tmp_p
     out = tmp_path / "api.zarr"
     kw = dict(model="mine", dataset="demo", attack="fgm", params={"eps": 2.0}, sample_index=ids, labels_true=y,
               label_names=model.label_names)
-    path = store.write_run(out, res, **kw)
-    assert path == "mine/demo/fgm@eps=2.0" and store.write_run(out, res, **kw) == path  # reopened, not redone
+    path = results.write_run(out, res, **kw)
+    assert path == "mine/demo/fgm@eps=2.0" and results.write_run(out, res, **kw) == path  # reopened, not redone
     rows, _ = collect(out)
     assert len(rows) == 1 and rows[0]["n"] == 4 and rows[0]["params"] == {"eps": 2.0}
     counts = res.label_count_final.numpy()
@@ -232,7 +232,7 @@ def test_python_api_results_go_into_a_store_and_report(trained, demo_root, tmp_p
     run = zarr.open_group(str(out), mode="r+")[path]
     run.attrs["fingerprint"] = {**run.attrs["fingerprint"], "config": {"eps": 1.0}}
     with pytest.raises(UserError, match="differs in: config"):
-        store.write_run(out, res, **kw)
+        results.write_run(out, res, **kw)
 
 
 def test_whole_store_opens_as_an_xarray_datatree(grid_store):

@@ -108,3 +108,13 @@ def test_runtime_and_cli_name_no_attack():
                 if m:
                     found.append(f"{f.relative_to(REPO)}:{i}: {m.group(1)}")
     assert found == []
+
+
+def test_no_two_modules_share_a_name():
+    """A module's name says what it does, once: `store` in two packages had two meanings."""
+    seen: dict[str, list[str]] = {}
+    for pkg in OURS:
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            if f.name != "__init__.py":
+                seen.setdefault(f.stem, []).append(str(f.relative_to(REPO)))
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}

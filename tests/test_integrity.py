@@ -1,13 +1,20 @@
 """A damaged store is an error naming the run, array and chunk, never silently wrong tables."""
 
+import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 
+from engine import data, results
 from engine.errors import UserError
 from engine.report import render
+from engine.results.format import PARTIAL
 from engine.runtime import runner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +54,6 @@ def test_flipped_byte_fails_the_checksum(store, tmp_path):
 
 
 def test_other_data_at_resume_is_refused_a_copy_is_not(store, trained, demo_root, tmp_path):
-    import shutil
-
-    import numpy as np
-    import zarr
-
     copy = tmp_path / "copy"
     shutil.copytree(demo_root, copy)
     # An identical copy at another path: accepted, the finished run is found done.
@@ -59,8 +61,6 @@ def test_other_data_at_resume_is_refused_a_copy_is_not(store, trained, demo_root
     assert res["chunks_run"] == 0
     # One attacked image changed: refused, naming the data root and the digests.
     cand = np.asarray(zarr.open_group(str(store), mode="r")["mlgcn/demo/candidates"][:])
-    from engine import data
-
     ds = data.load("demo", root=copy, size=20)
     victim = ds.paths[int(cand[0])]
     raw = bytearray(victim.read_bytes())
@@ -82,54 +82,27 @@ def test_report_allow_incomplete_shows_the_intact_runs(store, trained, demo_root
 
 
 def _make(group, key, fp):
-    import numpy as np
-
-    from engine.runtime import store as st
-
-    return st.create_run(group, key, n=4, num_labels=3, image_shape=None, chunk_size=2, attrs={"attack": "x"},
-                         sample_index=np.arange(4), labels_true=np.zeros((4, 3), bool), fingerprint=fp)
+    return results.create_run(group, key, n=4, num_labels=3, image_shape=None, chunk_size=2, attrs={"attack": "x"},
+                              sample_index=np.arange(4), labels_true=np.zeros((4, 3), bool), fingerprint=fp)
 
 
 def test_run_creation_never_touches_another_writers_half_made_group(tmp_path):
-    import os
-    import socket
-    import subprocess
-
-    from engine.runtime import store as st
-
-    root = st.open_store(tmp_path / "s.zarr")
-    g = st.model_group(root, "m", "d")
+    root = results.open_store(tmp_path / "s.zarr")
+    g = results.model_group(root, "m", "d")
     # Half-made groups of the same run: one whose maker (this process) is alive, one whose maker is gone.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     for tag, pid in (("live", os.getpid()), ("dead", int(dead))):
-        g.create_group(f"r{st.PARTIAL}{tag}", attributes={"partial_of": {"host": socket.gethostname(), "pid": pid}})
+        g.create_group(f"r{PARTIAL}{tag}", attributes={"partial_of": {"host": socket.gethostname(), "pid": pid}})
     run = _make(g, "r", {"a": 1, "data_digest": "abc"})
     names = set(g.group_keys())
-    assert f"r{st.PARTIAL}live" in names and f"r{st.PARTIAL}dead" not in names and "r" in names
+    assert f"r{PARTIAL}live" in names and f"r{PARTIAL}dead" not in names and "r" in names
     assert "partial_of" not in run.attrs and run.attrs["fingerprint"]["data_digest"] == "abc"
     # The report sees only the finished run, never a half-made one.
-    assert [k for *_, k, _ in st.iter_runs(root)] == ["r"]
-    # Same fingerprint reopens; other data (digest) is refused naming it.
+    assert [k for *_, k, _ in results.iter_runs(root)] == ["r"]
+    # Same fingerprint reopens; other data (digest) is refused naming it, as is a fingerprint without one.
     assert _make(g, "r", {"a": 1, "data_digest": "abc"}).path == run.path
     with pytest.raises(UserError, match="differs in: data_digest"):
         _make(g, "r", {"a": 1, "data_digest": "xyz"})
-
-
-def test_runs_from_before_data_digests_reopen(tmp_path):
-    from engine.runtime import store as st
-
-    g = st.model_group(st.open_store(tmp_path / "s.zarr"), "m", "d")
-    _make(g, "old", {"a": 1})  # a fingerprint without the data digest (format-1 era)
-    assert _make(g, "old", {"a": 1, "data_digest": "abc"}).attrs["fingerprint"] == {"a": 1}
-    with pytest.raises(UserError, match="differs in: a"):
-        _make(g, "old", {"a": 2, "data_digest": "abc"})
-
-
-def test_a_legacy_half_made_group_is_made_again(tmp_path):
-    from engine.runtime import store as st
-
-    g = st.model_group(st.open_store(tmp_path / "s.zarr"), "m", "d")
-    g.create_group("r").create_array("sample_index", shape=(4,), dtype="int64")  # killed before its attributes
-    run = _make(g, "r", {"a": 1})
-    assert run.attrs["fingerprint"] == {"a": 1} and "done" in run
+    with pytest.raises(UserError, match="differs in: data_digest"):
+        _make(g, "r", {"a": 1})

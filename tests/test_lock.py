@@ -1,4 +1,4 @@
-"""One writer per store: the lease file (engine.runtime.lock) with real processes, no mocks."""
+"""One writer per store: the lease file (engine.results.lock) with real processes, no mocks."""
 
 import json
 import os
@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from engine import results
 from engine.errors import UserError
-from engine.runtime import lock as lk
+from engine.results import lock as lk
 from engine.runtime import runner
-from engine.runtime import store as st
 from engine.runtime.sweep import run_sweep, sweep_status
 
 
@@ -70,7 +70,7 @@ def test_sweep_refuses_a_store_another_driver_writes_and_status_still_reads_it(t
                     f'root = "{demo_root}"\n[[attack]]\nname = "fgsm"\n')
     run_sweep(toml, out, local=True, progress=False)
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from engine.runtime.lock import StoreLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from engine.results.lock import StoreLock; "
                                f"StoreLock({str(out)!r}, 'sml sweep').acquire(); print('held', flush=True); "
                                "time.sleep(60)"], stdout=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -90,4 +90,4 @@ def test_sweep_refuses_a_store_another_driver_writes_and_status_still_reads_it(t
     # The holder died without releasing: the next writer takes the lease over.
     res = runner.attack_checkpoint(trained["mlgcn"], "fgm", out, n=4, chunk_size=4, root=demo_root, progress=False)
     assert res["n"] == 4 and not (tmp_path / "s.zarr.lock").exists()
-    assert st.open_store(out, "r")["mlgcn/demo/fgm"] is not None
+    assert results.open_store(out, "r")["mlgcn/demo/fgm"] is not None

@@ -17,10 +17,9 @@ import zarr
 from torch import nn
 
 from cli.main import main
-from engine import data
+from engine import data, results
 from engine.errors import UserError
 from engine.models import sources
-from engine.runtime import store as st
 from engine.runtime import sweep as sw
 from engine.runtime.sweep.worker import SweepWorker
 
@@ -196,7 +195,7 @@ def test_three_kinds_of_own_model_agree_sweep_and_report(own, tmp_path, capsys):
     res = sw.run_sweep(toml, out, local=True, progress=False)
     assert res["shards_done"] == res["shards_total"] == 3  # one shard of 4 samples per model
     root = zarr.open_group(str(out), mode="r")
-    runs = {model: run for model, _, _, run in st.iter_runs(root)}
+    runs = {model: run for model, _, _, run in results.iter_runs(root)}
     counts = {k: np.asarray(runs[k]["label_count_final"][:]) for k in ("fac", "ts", "tv")}
     assert len(counts["fac"]) == 4
     assert np.array_equal(counts["fac"], counts["ts"]) and np.array_equal(counts["fac"], counts["tv"])

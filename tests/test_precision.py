@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 import cli.main
-from engine import attacks, data, models, protocol
+from engine import attacks, data, models, protocol, results
 from engine.attacks import losses, precision, targets
 from engine.attacks.driver import run_iterative, sample_noise
 from engine.errors import UserError
-from engine.runtime import store as st
 from engine.runtime.runner import attack_checkpoint
 from engine.runtime.runspec import RunSpec
 from engine.runtime.sweep.sweepfile import load_sweep
@@ -135,14 +134,14 @@ def test_precision_is_in_the_run_name_and_fingerprint(trained, tmp_path):
     out = tmp_path / "s.zarr"
     for p in ({}, {"precision": "bf16"}):
         attack_checkpoint(trained["mlgcn"], "fgsm", out, n=6, chunk_size=6, params=p, progress=False)
-    runs = {key: run for _, _, key, run in st.iter_runs(st.open_store(out, "r"))}
+    runs = {key: run for _, _, key, run in results.iter_runs(results.open_store(out, "r"))}
     bf = "fgsm@precision=bf16"
     assert set(runs) == {"fgsm", bf}
     assert "precision" not in runs["fgsm"].attrs["fingerprint"]["config"]
     assert runs[bf].attrs["fingerprint"]["config"]["precision"] == "bf16"
     # Same samples, fp32 vs bf16 label counts: mostly the same.
-    a, b = (np.asarray(st.read(runs[k], "label_count_final")) for k in ("fgsm", bf))
-    assert np.array_equal(st.read(runs["fgsm"], "sample_index"), st.read(runs[bf], "sample_index"))
+    a, b = (np.asarray(results.read(runs[k], "label_count_final")) for k in ("fgsm", bf))
+    assert np.array_equal(results.read(runs["fgsm"], "sample_index"), results.read(runs[bf], "sample_index"))
     assert (a == b).mean() >= 0.5
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.errors import UserError
 from engine.models import backbones, checkpoints
-from engine.models.common import HALF, IMAGENET_MEAN, IMAGENET_STD, confidence, predict
+from engine.models.conventions import HALF, IMAGENET_MEAN, IMAGENET_STD, confidence, predict
 from engine.models.mlgcn import MLGCN, correlation_matrix
 from engine.models.mlliw import MLLIW
 

@@ -53,7 +53,7 @@ from engine.data.nuswide import TAGS
 from engine.data.voc import VOC_CLASSES
 from engine.errors import UserError
 from engine.models import backbones
-from engine.models.common import IMAGENET_MEAN, IMAGENET_STD
+from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD
 from engine.util import umask_mode
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.models.common import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 
 def correlation_matrix(labels: np.ndarray, t: float = 0.4, p: float = 0.25) -> np.ndarray:

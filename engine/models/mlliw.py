@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.models.common import HALF, Normalize
+from engine.models.conventions import HALF, Normalize
 
 
 class MLLIW(nn.Module):

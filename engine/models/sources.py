@@ -45,7 +45,7 @@ from engine import data as datasets
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
 from engine.models import checkpoints, from_checkpoint
-from engine.models.common import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from engine.util import file_digest
 
 log = logging.getLogger(__name__)

@@ -1,170 +1,37 @@
 """Batch runner: from a checkpoint to a run in the result store, shard by shard, resumable.
 
-``plan`` does the protocol once per (checkpoint, data set): a pass over the test split gives both
-Table 1's metrics and the exactly-right samples (cached in the store). ``attack_checkpoint`` picks
-the N samples, creates (or reopens) the run group and attacks every chunk not yet done, writing
-each chunk as soon as it is finished; an interrupted run continues where it stopped.
-``run_shard`` is the unit of work: ``sml attack`` runs its chunks in turn, sweeps hand them to workers.
-The runtime names no attack: what it needs to know (Jacobian, shared resources) are the
-attack spec's traits.
+``plan`` (engine.runtime.planning) does the protocol once per (checkpoint, data set): a pass over
+the test split gives both Table 1's metrics and the exactly-right samples (cached in the store).
+``attack_checkpoint`` picks the N samples, creates (or reopens) the run group and attacks every
+chunk not yet done, writing each chunk as soon as it is finished; an interrupted run continues where
+it stopped. ``run_shard`` is the unit of work: ``sml attack`` runs its chunks in turn, sweeps hand
+them to workers. The runtime names no attack: what it needs to know (Jacobian, shared resources)
+are the attack spec's traits.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
-import engine
-from engine import attacks, data, protocol
-from engine.data.base import ImageListDataset
+from engine import attacks, protocol, results
 from engine.device import check_device
 from engine.errors import UserError
-from engine.models import sources
-from engine.models.metrics import table1
+from engine.results import attrs
 from engine.runtime import batching, provenance
-from engine.runtime import store as st
-from engine.runtime.lock import store_lock
+from engine.runtime.planning import Plan, plan
 from engine.runtime.runspec import RunSpec
-from engine.util import file_digest  # noqa: F401 - re-exported: runner.file_digest
 
-__all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shard", "summarize", "todo_chunks"]
+__all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shard", "todo_chunks"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Plan:
-    model: nn.Module
-    dataset: ImageListDataset
-    model_key: str
-    dataset_key: str
-    candidates: np.ndarray
-    metrics: dict[str, Any]
-    checkpoint: str
-    digest: str
-    root: Any  # the store's root group
-
-    @property
-    def family(self) -> str:
-        """The model family (mlgcn, mlliw): with the data set's name, the released code's cell."""
-        return self.metrics.get("model", "")
-
-
-def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
-         split: str | None = None, device: str = "cpu", model_key: str | None = None,
-         embedding: str | Path | None = None, label_names: list[str] | None = None, trust_pickle: bool = False,
-         allow_missing: bool = False, verify_data: bool = True, own_model: dict | None = None, **load_kw) -> Plan:
-    """Load model and data; find (or reuse from the store) the exactly-right test samples.
-
-    ``store`` is the store's root group, or a function that opens it: called once the checkpoint
-    and the data have loaded, so that bad inputs leave no store behind. ``verify_data``: check the
-    data against the digest the model group was made from (:func:`data_digest`; sweeps do it once,
-    in the plan job, not in every actor that takes a shard). ``own_model``: your own model instead of
-    one of our checkpoints (``checkpoint`` is then its weights file, if any; engine.models.sources).
-    """
-    m = sources.load(checkpoint, own_model, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle)
-    ds = m.dataset_for(dataset, root, split, allow_missing=allow_missing, **load_kw)
-    model = m.model.to(device)
-    digest = m.digest
-    mkey = model_key or m.key
-    root_group = store() if callable(store) else store
-    dkey = dataset_key(root_group, mkey, ds)
-    group = st.model_group(root_group, mkey, dkey)
-    attrs = dict(group.attrs)
-    options = {k: v for k, v in sorted(load_kw.items()) if k not in NOT_DATA_OPTIONS and v is not None}
-    if attrs.get("checkpoint_digest") not in (None, digest) or attrs.get("split") not in (None, ds.split) or \
-            attrs.get("data_options", options) != options:
-        raise UserError(
-            f"{mkey}/{dkey} in the store was made from another checkpoint, split or data options "
-            f"(digest {attrs.get('checkpoint_digest')}, split {attrs.get('split')}, options "
-            f"{attrs.get('data_options', {})}); use another --out or --model-key"
-        )
-    if "candidates" in group and "metrics" in attrs:
-        cand = np.asarray(group["candidates"][:])
-        metrics = attrs["metrics"]
-        if verify_data:
-            have = data_digest(ds, cand)
-            if attrs.get("data_digest", have) != have:
-                raise UserError(f"{ds.root}: the {ds.name} {ds.split} data here differ from those {mkey}/{dkey} in "
-                                f"the store was made from (data digest {have}, stored {attrs['data_digest']}); "
-                                f"point --root at the original data, or write to another --out")
-            if "data_digest" not in attrs:  # a group from before data digests: adopt this data
-                group.attrs["data_digest"] = have
-    else:
-        logits, cand = _scan(model, ds, device)
-        m.check_outputs(logits)
-        metrics = table1(logits, torch.from_numpy(ds.labels))
-        metrics.update({"model": m.family, "dataset": ds.name, "split": ds.split})
-        group.create_array("candidates", shape=(len(cand),), chunks=(max(len(cand), 1),), dtype="int64",
-                           dimension_names=("candidate",),
-                           overwrite=True)[:] = cand
-        group.attrs.update({"metrics": metrics, "checkpoint": m.what, "checkpoint_digest": digest,
-                            "split": ds.split, "family": m.family, "backbone": m.backbone,
-                            "label_names": ds.label_names, "num_test_samples": len(ds), "data_options": options,
-                            "data_digest": data_digest(ds, cand), **m.attrs()})
-    return Plan(model, ds, mkey, dkey, cand, metrics, m.what, digest, root_group)
-
-
-def data_digest(ds: ImageListDataset, candidates: np.ndarray) -> str:
-    """A digest of the data a model group's runs read: the split's sample list (paths relative to
-    the data root, so an identical copy elsewhere matches) and labels, and the bytes of every
-    exactly-right sample's file (the only images any run attacks)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([ds.name, ds.split, ds.label_names]).encode())
-    h.update(np.ascontiguousarray(ds.labels).tobytes())
-    for p in ds.paths:
-        try:
-            h.update(str(p.relative_to(ds.root)).encode() + b"\0")
-        except ValueError:
-            h.update(p.name.encode() + b"\0")
-    for i in np.asarray(candidates).tolist():
-        h.update(Path(ds.paths[int(i)]).read_bytes())
-    return h.hexdigest()[:16]
-
-
-# Loader options that do not change which samples and labels a split has; every other one (VOC's
-# difficult, the split seed, NUS-WIDE's csv_name ...) is part of a model group's identity. Two
-# annotation formats of one split give the same samples (engine.data tests that).
-NOT_DATA_OPTIONS = ("source", "allow_missing", "cache")
-
-
-def dataset_key(root_group, model_key: str, ds: ImageListDataset) -> str:
-    """The model group's name for this split: the data set's name for its test split, ``name@split``
-    for any other, so that runs of one model on two splits (the text's test split, the released
-    code's val files) live side by side in one store."""
-    if ds.split == data.info(ds.name).test_split:
-        return ds.name
-    try:  # a store from before split keys holds a non-default split under the bare name
-        if root_group[f"{model_key}/{ds.name}"].attrs.get("split") == ds.split:
-            return ds.name
-    except KeyError:
-        pass
-    return f"{ds.name}@{ds.split}"
-
-
-@torch.no_grad()
-def _scan(model: nn.Module, ds: ImageListDataset, device: str, batch_size: int = 128):
-    model.eval()
-    outs = []
-    for s in range(0, len(ds), batch_size):
-        x = torch.stack([ds.image(i) for i in range(s, min(s + batch_size, len(ds)))]).to(device)
-        outs.append(model(x).cpu())
-    logits = torch.cat(outs)
-    y = torch.from_numpy(ds.labels).bool()
-    ok = ((logits >= 0) == y).all(1) & y.any(1)
-    return logits, np.nonzero(ok.numpy())[0]
 
 
 def code_batch(p: Plan, rs: RunSpec) -> int | None:
@@ -220,45 +87,50 @@ def open_run(p: Plan, root_group, rs: RunSpec):
 
     The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
     """
-    spec, cfg = rs.spec, rs.config
     n_req = rs.samples(p.family, p.dataset.name)
+    _check_chunks_fit_code_batch(p, rs)
+    picked = pick_samples(p, rs, n_req)
+    scored = scoring_attrs(p, rs)
+    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
+    made_from = {"checkpoint_digest": p.digest, "target_label": rs.target_label, "order": rs.order,
+                 "n_requested": n_req, "early_exit": rs.early_exit,
+                 "exit_every": rs.exit_every if rs.early_exit else None, "split": p.dataset.split,
+                 # the content digest of the data read (sample list and file bytes): other data at
+                 # resume is refused, an identical copy at another path is accepted
+                 "data_digest": p.data_digest}
+    run = results.create_run(
+        results.model_group(root_group, p.model_key, p.dataset_key), rs.key, n=len(picked),
+        num_labels=p.dataset.num_labels, image_shape=image_shape, chunk_size=rs.chunk_size,
+        attrs=attrs.run_attrs(rs.spec, rs.config, preset=rs.preset, params=rs.params_resolved, target=rs.target,
+                              target_label=rs.target_label, seed=rs.seed, order=rs.order, early_exit=rs.early_exit,
+                              n_requested=n_req, n_available=int(len(p.candidates)), scored=scored,
+                              label_names=p.dataset.label_names, model_metrics=p.metrics, checkpoint=p.checkpoint,
+                              made_by="engine.runtime.runner.open_run"),
+        sample_index=picked, labels_true=p.dataset.labels[picked].astype(bool),
+        fingerprint=attrs.fingerprint(rs.spec, rs.config, target=rs.target, seed=rs.seed, **made_from))
+    # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
+    if any(run.attrs.get(k) != v for k, v in scored.items()):
+        run.attrs.update(scored)
+    return run
+
+
+def _check_chunks_fit_code_batch(p: Plan, rs: RunSpec) -> None:
+    """Where results depend on the released code's batch, every chunk must hold whole batches."""
     batch = code_batch(p, rs)
     if batch is not None and rs.chunk_size % batch:
         raise UserError(f"chunk_size {rs.chunk_size} is not a multiple of the released code's batch {batch} for "
-                        f"{p.family}/{p.dataset.name} (its {spec.title} results depend on the batch): set chunk_size "
-                        f"to a multiple of {batch}, e.g. {batch * max(1, rs.chunk_size // batch)}")
+                        f"{p.family}/{p.dataset.name} (its {rs.spec.title} results depend on the batch): set "
+                        f"chunk_size to a multiple of {batch}, e.g. {batch * max(1, rs.chunk_size // batch)}")
+
+
+def pick_samples(p: Plan, rs: RunSpec, n_req: int) -> np.ndarray:
+    """The run's N samples among the candidates (all of them where there are fewer, with a warning)."""
     picked = protocol.select(p.candidates, n_req, rs.seed, rs.order)
     if len(picked) == 0:
         raise UserError(f"{p.checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
     if len(picked) < n_req:
         log.warning("only %d correctly predicted samples (asked for %d): using all of them", len(picked), n_req)
-    labels = p.dataset.labels[picked].astype(bool)
-    scoring = scoring_attrs(p, rs)
-    l = p.dataset.num_labels
-    fingerprint = {"checkpoint_digest": p.digest, "attack": spec.name, "config": cfg.to_dict(), "target": rs.target,
-                   "target_label": rs.target_label, "seed": rs.seed, "order": rs.order, "n_requested": n_req,
-                   "early_exit": rs.early_exit, "exit_every": rs.exit_every if rs.early_exit else None,
-                   "split": p.dataset.split}
-    mg = st.model_group(root_group, p.model_key, p.dataset_key)
-    # The content digest of the data read (sample list and file bytes): other data at resume is
-    # refused, an identical copy at another path is accepted. Not in runs from before it existed.
-    if mg.attrs.get("data_digest") is not None:
-        fingerprint["data_digest"] = mg.attrs["data_digest"]
-    attrs = {"attack": spec.name, "title": spec.title, "preset": rs.preset, "params": rs.params_resolved,
-             "target": rs.target,
-             "target_label": rs.target_label, "config": cfg.to_dict(), "seed": rs.seed, "order": rs.order,
-             "early_exit": rs.early_exit, "semantics": "stop-at-success" if rs.early_exit else "fixed-iterations",
-             "engine_version": engine.__version__, "n_requested": n_req, "n_available": int(len(p.candidates)),
-             **scoring, "num_labels": l,
-             "label_names": p.dataset.label_names, "model_metrics": p.metrics, "checkpoint": p.checkpoint}
-    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
-    run = st.create_run(mg, rs.key, n=len(picked),
-                        num_labels=l, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=attrs,
-                        sample_index=picked, labels_true=labels, fingerprint=fingerprint)
-    # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
-    if any(run.attrs.get(k) != v for k, v in scoring.items()):
-        run.attrs.update(scoring)
-    return run
+    return picked
 
 
 def scoring_attrs(p: Plan, rs: RunSpec) -> dict[str, Any]:
@@ -271,13 +143,12 @@ def scoring_attrs(p: Plan, rs: RunSpec) -> dict[str, Any]:
     source = (f"mean true-label count of {how} correctly predicted samples of "
               f"{p.model_key}/{p.dataset_key}" + (" (the code's y.npy)" if protocol.rules(rs.preset).released else
                                                   " (one per data set, the text's)"))
-    return {"avg_labels": avg, "avg_labels_source": source, "avg_labels_samples": int(len(basis)),
-            "rounding": rs.rounding, "exp_labels": protocol.exp_labels(p.dataset.num_labels, avg, rs.rounding)}
+    return attrs.scoring(avg, int(len(basis)), source, rs.rounding, p.dataset.num_labels)
 
 
 def todo_chunks(run) -> list[int]:
     """Chunks of ``run`` whose done flag is not set yet (the work a resume still has to do)."""
-    return [int(c) for c in np.nonzero(~st.done_chunks(run))[0]]
+    return [int(c) for c in np.nonzero(~results.done_chunks(run))[0]]
 
 
 def chunk_rows(run, chunk: int) -> int:
@@ -292,10 +163,21 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
     started = provenance.now()
     c = int(run.attrs["chunk_size"])
     index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
+    rows, reasons, deltas = attack_samples(p, rs, index, device=device, ctx=ctx, progress=progress, compile=compile,
+                                           keep_delta="x_adv_delta" in run)
+    results.write_chunk(run, chunk, rows, reasons, deltas,
+                        provenance.record(device, started, p.data_digest))
+    return len(index)
+
+
+def attack_samples(p: Plan, rs: RunSpec, index: np.ndarray, *, device: str, ctx: dict | None, progress,
+                   compile: bool, keep_delta: bool) -> tuple[dict[str, np.ndarray], list[str], np.ndarray | None]:
+    """Attack data set samples ``index`` batch by batch: (result rows, failure reasons, x_adv - x
+    where ``keep_delta``)."""
     spec = rs.spec
     shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
     bs = batch_for(p, rs, shape, device)
-    parts: dict[str, list] = {k: [] for k in st.RESULT_FIELDS}
+    parts: dict[str, list] = {k: [] for k in results.RESULT_FIELDS}
     reasons: list[str] = []
     deltas = []
     for s in range(0, len(index), bs):
@@ -307,15 +189,13 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
         for k in parts:
             parts[k].append(getattr(res, k).detach().cpu().numpy())
         reasons += res.reasons
-        if "x_adv_delta" in run:
+        if keep_delta:
             deltas.append((res.x_adv - x).cpu().numpy())
         if progress is not None:
             progress(len(ids))
-    rows = {k: np.concatenate(v).astype(st.RESULT_FIELDS[k][0]) for k, v in parts.items()}
+    rows = {k: np.concatenate(v).astype(results.RESULT_FIELDS[k][0]) for k, v in parts.items()}
     rows["y_star"] = rows["y_star"] > 0.5
-    st.write_chunk(run, chunk, rows, reasons, np.concatenate(deltas) if deltas else None,
-                   provenance.record(device, started, run.attrs.get("fingerprint", {}).get("data_digest")))
-    return len(index)
+    return rows, reasons, np.concatenate(deltas) if deltas else None
 
 
 def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Path, *, preset: str = "paper",
@@ -337,15 +217,15 @@ def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Pat
                             "exit_every": exit_every, "save_adv": save_adv})
     check_device(device)
     if model_key is not None:
-        st.check_name(model_key, "--model-key")
+        results.check_name(model_key, "--model-key")
     compiled = use_compile(compile, device)
     # The store is opened (and its lease taken) only once checkpoint and data have loaded: bad
     # inputs leave nothing behind.
     with ExitStack() as held:  # the lease, once taken, is released however this ends
 
         def open_locked():
-            held.enter_context(store_lock(out, "sml attack"))
-            return st.open_store(out, "a")
+            held.enter_context(results.store_lock(out, "sml attack"))
+            return results.open_store(out, "a")
 
         p = plan(checkpoint, open_locked, dataset=dataset, root=root, split=split, device=device,
                  model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
@@ -369,38 +249,4 @@ def _attack(p: Plan, rs: RunSpec, out, device: str, workers: int, progress: bool
     finally:
         close_resources(ctx)
     seconds = time.perf_counter() - t0
-    return summarize(run) | {"seconds": seconds, "chunks_run": len(todo), "store": str(out), "group": run.path}
-
-
-def _params_of(a: dict[str, Any]) -> dict[str, Any]:
-    """A run from before runs recorded their parameters: the config's values that differ from its
-    preset's (what ``--param`` must have set), so that its title still says how it was run."""
-    try:
-        preset = json.loads(json.dumps(attacks.make_config(a["attack"], a["preset"]).to_dict()))
-    except UserError:  # an attack or preset this engine no longer has
-        return {}
-    return {k: v for k, v in sorted(a.get("config", {}).items()) if preset.get(k) != v}
-
-
-def summarize(run) -> dict[str, Any]:
-    """Success rates per n (final and best) over the finished rows of a run."""
-    a = dict(run.attrs)
-    rows = st.done_rows(run)
-    eligible = np.asarray(st.read(run, "eligible"), dtype=bool) & rows
-    final = st.read(run, "label_count_final")[eligible]
-    best = st.read(run, "label_count_best")[eligible]
-    out = {"attack": a["attack"], "preset": a["preset"], "target": a["target"], "n": int(rows.sum()),
-           "n_eligible": int(eligible.sum()), "n_requested": a["n_requested"], "order": a.get("order", "seeded"),
-           "avg_labels": a["avg_labels"], "avg_labels_samples": a.get("avg_labels_samples", a["n"]),
-           "avg_labels_source": a.get("avg_labels_source", "mean true-label count of the run's own samples"),
-           "rounding": a.get("rounding", "ceil"),  # stores from before the rounding choice scored with ceil
-           "exp_labels": a["exp_labels"], "failed": int(st.read(run, "failed")[rows].sum()),
-           "params": a["params"] if "params" in a else _params_of(a)}
-    if a["target"] == "show-many":
-        out["success_final"] = protocol.success_rates(final, a["exp_labels"])
-        out["success_best"] = protocol.success_rates(best, a["exp_labels"])
-    else:
-        for sem, name in (("final", "success"), ("best", "success_best")):
-            vals = st.read(run, name)[eligible]
-            out[f"success_{sem}"] = [float(vals.mean()) if vals.size else math.nan]
-    return out
+    return results.summarize(run) | {"seconds": seconds, "chunks_run": len(todo), "store": str(out), "group": run.path}

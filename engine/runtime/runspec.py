@@ -14,7 +14,7 @@ from engine import attacks, protocol
 from engine.attacks.registry import AttackConfig, AttackSpec
 from engine.config import Config
 from engine.errors import UserError
-from engine.runtime import store as st
+from engine.results.format import run_key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,5 +90,5 @@ class RunSpec(Config):
     def key(self) -> str:
         """The run's group name in the store: the attack, preset, target and the parameters set on
         top of the preset (``ATTACK@eps=0.03,iterations=40``), so a grid's runs live side by side."""
-        return st.run_key(self.spec.name, self.preset, self.target, self.early_exit, self.target_label,
-                          self.params_resolved)
+        return run_key(self.spec.name, self.preset, self.target, self.early_exit, self.target_label,
+                       self.params_resolved)

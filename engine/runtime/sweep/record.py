@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from engine import __version__
+from engine import __version__, results
 from engine.errors import UserError
 from engine.models import sources
-from engine.runtime import store as st
-from engine.runtime.runner import file_digest
+from engine.results.format import json_safe
 from engine.runtime.sweep.sweepfile import ModelEntry, RunEntry, Sweep
+from engine.util import file_digest
 
 FORMAT = 1
 ATTR = "sweep"  # root attribute holding the sweep's record (plan, fingerprint, source text)
@@ -57,9 +57,9 @@ def make_record(sw: Sweep) -> dict[str, Any]:
                "root": m.root, "split": m.split, "load_kw": m.load_kw()}
               | ({"own_model": m.own_model()} if m.own_model() else {}) for m in sw.models]
     runs = [_run_identity(r) for r in sw.runs]
-    # Loader options that change the data are part of the identity (absent when none: older records).
-    ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} |
-                        ({"options": dict(mm.options)} if mm.options else {}) for m, mm in zip(models, sw.models)],
+    # Loader options that change the data are part of the identity.
+    ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} | {"options": dict(mm.options)}
+                        for m, mm in zip(models, sw.models)],
              "runs": runs}
     return {"format": FORMAT, "name": sw.name, "fingerprint": _digest_json(ident), "identity": ident,
             "source": sw.path, "source_text": sw.text, "engine_version": __version__,
@@ -149,13 +149,9 @@ def bind_store(root, record: dict[str, Any], out: str, sweep_path: str) -> dict[
     )
 
 
-def json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
 def sweep_status(out: str | Path) -> dict[str, Any]:
     """Progress of the sweep in store ``out``, from the store alone (no sweep file, no Ray)."""
-    root = st.open_store(out, "r")
+    root = results.open_store(out, "r")
     rec = dict(root.attrs).get(ATTR)
     if rec is None:
         raise UserError(f"{out}: no sweep was run into this store (no '{ATTR}' record in its root attributes)")
@@ -168,8 +164,8 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
         entry: dict[str, Any] = {"model": rec["models"][r["model"]]["key"], "run": r["key"]}
         if info is not None and f"{info['group']}/{r['key']}" in root:
             g = root[f"{info['group']}/{r['key']}"]
-            flags = st.done_chunks(g)
-            rows = st.done_rows(g, flags)
+            flags = results.done_chunks(g)
+            rows = results.done_rows(g, flags)
             entry.update(group=g.path, shards_total=int(len(flags)), shards_done=int(flags.sum()),
                          samples_total=int(g.attrs["n"]), samples_done=int(np.count_nonzero(rows)))
         else:

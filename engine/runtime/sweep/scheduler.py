@@ -24,10 +24,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from engine import results
 from engine.device import check_device
 from engine.errors import NoWorkersLeft, UserError
-from engine.runtime import store as st
-from engine.runtime.lock import store_lock
 from engine.runtime.sweep.backends import LocalBackend, PoolSpec, RayBackend, WorkerDied, connect, plan_pools
 from engine.runtime.sweep.record import ATTR, bind_store, json_safe, make_record
 from engine.runtime.sweep.sweepfile import Sweep, load_sweep
@@ -315,9 +314,9 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
     sw = load_sweep(sweep, yes=yes)
     if local:  # the in-process worker's device is this machine's: check it before the store exists
         check_device(pick_device(sw.device))
-    out_s = str(out) if st.is_url(out) else str(Path(out).expanduser().resolve())
+    out_s = str(out) if results.is_url(out) else str(Path(out).expanduser().resolve())
     record = make_record(sw)
-    with store_lock(out_s, "sml sweep"):
+    with results.store_lock(out_s, "sml sweep"):
         return _drive(sw, sweep, out, out_s, record, address=address, workers=workers, local=local,
                       progress=progress, device_resource=device_resource, threads=threads,
                       placement_timeout=placement_timeout, retry_failed=retry_failed)
@@ -326,7 +325,8 @@ def run_sweep(sweep: str | Path, out: str | Path, *, address: str | None = None,
 def _drive(sw: Sweep, sweep, out, out_s: str, record: dict, *, address, workers, local, progress, device_resource,
            threads, placement_timeout, retry_failed) -> dict[str, Any]:
     """run_sweep's body, under the store's lease."""
-    root = st.open_store(out_s, "a")
+    root = results.open_store(out_s, "a")
+    results.check_store(root)  # a store of another format is refused before the sweep's record is touched
     record = bind_store(root, record, str(out), str(sweep))
     models = [dict(m) for m in record["models"]]
     runs = record["runs"]

@@ -68,7 +68,7 @@ from engine import data as data_mod
 from engine.config import TYPE_NAMES, Config, is_a, read_toml
 from engine.errors import UserError
 from engine.models import sources
-from engine.runtime import store as st
+from engine.results.format import check_name
 from engine.runtime.runspec import RunSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -126,7 +126,7 @@ class ModelEntry(Config):
         sources.check(self.checkpoint, self.own_model())
         if self.key is None:
             object.__setattr__(self, "key", sources.default_key(self.checkpoint, self.own_model()))
-        st.check_name(self.key, "key")
+        check_name(self.key, "key")
         # Keys with a place of their own in [[model]] (or none): naming them twice would be ambiguous.
         own = {"source": "; use annotations = ...", "root": "; use root = ...", "split": "; use split = ...",
                "allow_missing": "", "size": ""}

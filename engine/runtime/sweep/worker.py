@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import results
 from engine.device import check_device
 from engine.errors import UserError
 from engine.models import sources
 from engine.runtime import runner
-from engine.runtime import store as st
 from engine.runtime.runspec import RunSpec
 
 # Test hook: an actor that finds this variable set (a folder) and can create <folder>/stalled
@@ -41,7 +41,7 @@ class SweepWorker:
             # loads); torch's own pool is sized here, before its first parallel region.
             torch.set_num_threads(threads)
         self.store_path = store
-        self.root = st.open_store(store, "a")
+        self.root = results.open_store(store, "a")
         self.models = models
         self.runs = [(int(r["model"]), RunSpec.from_dict(r["spec"])) for r in runs]
         self.device = check_device(pick_device(device))
@@ -92,7 +92,7 @@ class SweepWorker:
             t0 = time.perf_counter()
             mi, rs = self.runs[j]
             run = self.root[path]
-            if bool(st.done_flags(run)[chunk]):
+            if bool(results.done_flags(run)[chunk]):
                 # A shard re-queued after its actor died may have been finished just before: never twice.
                 return {"rows": 0, "skipped": True, "seconds": 0.0, "pid": os.getpid()}
             p = self._plan(mi)
@@ -112,9 +112,9 @@ class SweepWorker:
         run = self.root[path]
         n = runner.chunk_rows(run, chunk)
         l = int(run.attrs["num_labels"])
-        rows = {k: np.zeros(st.result_shape(k, n, l), dtype=dt) for k, (dt, _) in st.RESULT_FIELDS.items()}
+        rows = {k: np.zeros(results.result_shape(k, n, l), dtype=dt) for k, (dt, _) in results.RESULT_FIELDS.items()}
         rows["failed"][:] = True
-        st.write_chunk(run, chunk, rows, [f"{GAVE_UP}{reason}"] * n)
+        results.write_chunk(run, chunk, rows, [f"{GAVE_UP}{reason}"] * n)
         return {"rows": n, "pid": os.getpid()}
 
     def close(self) -> bool:
@@ -128,12 +128,12 @@ GAVE_UP = "shard failed: "  # the reason prefix of the samples of a shard given 
 def _reopen_given_up(run) -> None:
     """Clear the done flag of every shard whose samples were all given up on."""
     c = int(run.attrs["chunk_size"])
-    reasons = st.read(run, "reason")
-    done = st.done_chunks(run)
+    reasons = results.read(run, "reason")
+    done = results.done_chunks(run)
     for k in np.nonzero(done)[0]:
         rs = reasons[k * c:(k + 1) * c]
         if len(rs) and all(str(r).startswith(GAVE_UP) for r in rs):
-            st.reopen_chunk(run, int(k))
+            results.reopen_chunk(run, int(k))
 
 
 def pick_device(device: str) -> str:

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.results.format import is_url
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class StoreLock:
 
 def store_lock(store: str | Path, command: str) -> AbstractContextManager:
     """The lease of ``store`` for ``command``; stores given as URLs are not locked (module docstring)."""
-    if "://" in str(store):
+    if is_url(store):
         log.warning("%s: object-store paths are not locked; make sure no other driver writes this store", store)
         return nullcontext()
     return StoreLock(Path(store).expanduser(), command)

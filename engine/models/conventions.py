@@ -1,4 +1,5 @@
-"""Pieces shared by both model families."""
+"""The models' conventions, shared by both families: images in [0, 1] normalized inside the model
+(Normalize), a label shown where its logit is >= 0 (predict)."""
 
 from __future__ import annotations
 

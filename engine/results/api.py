@@ -1,9 +1,9 @@
 """Results of the Python API into a result store, so that they report like any run.
 
-    from engine import attacks, data, models, store
+    from engine import attacks, data, models, results
     res = attacks.run(model, x, attack="pgd", seed=0, sample_ids=ids)
-    store.write_run("runs/mine.zarr", res, model="mine", dataset="demo", attack="pgd",
-                    sample_index=ids, labels_true=y, label_names=model.label_names)
+    results.write_run("runs/mine.zarr", res, model="mine", dataset="demo", attack="pgd",
+                      sample_index=ids, labels_true=y, label_names=model.label_names)
 
 The run is scored as every run is (expLabels from avgLabels, the mean true-label count of the
 samples given, unless ``avg_labels`` says otherwise) and carries the store's fingerprint rules: the
@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-import engine
-from engine import attacks, protocol
+from engine import attacks
 from engine.attacks.driver import AttackResult
 from engine.errors import UserError
+from engine.results import attrs
+from engine.results.format import RESULT_FIELDS, check_name, is_url, run_key
+from engine.results.lock import store_lock
+from engine.results.reader import done_flags
+from engine.results.writer import create_run, model_group, open_store, write_chunk
 from engine.runtime import provenance
-from engine.runtime import store as st
-from engine.runtime.lock import store_lock
 
 
 def write_run(path: str | Path, result: AttackResult, *, model: str, dataset: str, attack: str,
@@ -40,34 +42,31 @@ def write_run(path: str | Path, result: AttackResult, *, model: str, dataset: st
     cfg = attacks.make_config(spec.name, preset, **(params or {}))
     idx = np.asarray(list(sample_index), dtype=np.int64)
     y = np.asarray(labels_true.cpu() if isinstance(labels_true, torch.Tensor) else labels_true).astype(bool)
-    n, l = len(result), y.shape[1] if y.ndim == 2 else -1
+    n = len(result)
     if len(idx) != n or y.shape != (n, len(label_names)) or result.pred.shape[1] != len(label_names):
         raise UserError(f"write_run: {n} results need {n} sample indices and labels_true of shape ({n}, "
                         f"{len(label_names)}) (one column per label name); got {len(idx)} and {tuple(y.shape)}")
     avg = float(y.sum(1).mean()) if avg_labels is None else float(avg_labels)
-    ladder = protocol.exp_labels(l, avg, rounding)
+    scored = attrs.scoring(avg, n, "mean true-label count of the samples given to write_run", rounding,
+                           len(label_names))
     given = {k: getattr(cfg, k) for k in sorted(params or {})}
-    key = st.run_key(spec.name, preset, target, params=given)
-    rows = {k: getattr(result, k).detach().cpu().numpy().astype(dt) for k, (dt, _) in st.RESULT_FIELDS.items()}
-    rows["y_star"] = rows["y_star"] > 0.5
+    key = run_key(spec.name, preset, target, params=given)
     digest = hashlib.sha256(idx.tobytes() + np.packbits(y).tobytes()).hexdigest()[:16]
-    fingerprint = {"api": True, "attack": spec.name, "config": cfg.to_dict(), "target": target, "seed": seed,
-                   "samples_digest": digest, "rounding": rounding, "avg_labels": avg}
-    attrs = {"attack": spec.name, "title": spec.title, "preset": preset, "params": given, "target": target,
-             "target_label": None, "config": cfg.to_dict(), "seed": seed, "order": "given",
-             "early_exit": False, "semantics": "fixed-iterations", "engine_version": engine.__version__,
-             "n_requested": n, "n_available": n, "avg_labels": avg, "avg_labels_samples": n,
-             "avg_labels_source": "mean true-label count of the samples given to write_run",
-             "rounding": rounding, "exp_labels": ladder, "num_labels": l, "label_names": list(label_names),
-             "model_metrics": metrics or {}, "checkpoint": None, "source": "engine.store.write_run"}
-    if not st.is_url(path):
+    fingerprint = attrs.fingerprint(spec, cfg, target=target, seed=seed, api=True, samples_digest=digest,
+                                    rounding=rounding, avg_labels=avg)
+    run_attrs = attrs.run_attrs(spec, cfg, preset=preset, params=given, target=target, target_label=None, seed=seed,
+                                order="given", early_exit=False, n_requested=n, n_available=n, scored=scored,
+                                label_names=label_names, model_metrics=metrics or {}, checkpoint=None,
+                                made_by="engine.results.write_run")
+    rows = {k: getattr(result, k).detach().cpu().numpy().astype(dt) for k, (dt, _) in RESULT_FIELDS.items()}
+    rows["y_star"] = rows["y_star"] > 0.5
+    if not is_url(path):
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    with store_lock(path, "engine.store.write_run"):
-        root = st.open_store(path, "a")
-        group = st.model_group(root, model, st.check_name(dataset, "dataset"))
-        run = st.create_run(group, key, n=n, num_labels=l, image_shape=None, chunk_size=max(n, 1), attrs=attrs,
-                            sample_index=idx, labels_true=y, fingerprint=fingerprint)
-        if not st.done_flags(run)[0]:
-            st.write_chunk(run, 0, rows, list(result.reasons) or [""] * n,
-                           provenance=provenance.record(str(result.x_adv.device), provenance.now(), None))
+    with store_lock(path, "engine.results.write_run"):
+        group = model_group(open_store(path, "a"), model, check_name(dataset, "dataset"))
+        run = create_run(group, key, n=n, num_labels=len(label_names), image_shape=None, chunk_size=max(n, 1),
+                         attrs=run_attrs, sample_index=idx, labels_true=y, fingerprint=fingerprint)
+        if not done_flags(run)[0]:
+            write_chunk(run, 0, rows, list(result.reasons) or [""] * n,
+                        provenance=provenance.record(str(result.x_adv.device), provenance.now(), None))
         return run.path

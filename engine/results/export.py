@@ -14,30 +14,32 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import UserError
-from engine.runtime import store as st
+from engine.results.format import NORMS, RESULT_FIELDS, param_label
+from engine.results.reader import done_rows, iter_runs, read
+from engine.results.writer import open_store
 from engine.util import write_text_atomic
 
 FIXED = ("model_key", "dataset", "run", "attack", "preset", "params", "target", "row", "sample_index",
-         "eligible", "true_labels", "label_count_final", "label_count_best", *(f"norm_{n}" for n in st.NORMS),
+         "eligible", "true_labels", "label_count_final", "label_count_best", *(f"norm_{n}" for n in NORMS),
          "iters", "success", "success_best", "failed", "reason")
 
 
 def sample_rows(store_path) -> list[dict]:
-    root = st.open_store(store_path, "r")
+    root = open_store(store_path, "r")
     rows = []
-    for model, dataset, key, run in st.iter_runs(root):
+    for model, dataset, key, run in iter_runs(root):
         a = dict(run.attrs)
-        done = st.done_rows(run)
-        arr = {name: st.read(run, name) for name in (*st.RESULT_FIELDS, "reason", "sample_index", "labels_true")}
-        ladder = list(a.get("exp_labels", [])) if a.get("target") == "show-many" else []
-        params = st.param_label(a.get("params", {}), ";")
+        done = done_rows(run)
+        arr = {name: read(run, name) for name in (*RESULT_FIELDS, "reason", "sample_index", "labels_true")}
+        ladder = list(a["exp_labels"]) if a["target"] == "show-many" else []
+        params = param_label(a["params"], ";")
         for i in np.nonzero(done)[0]:
             r = {"model_key": model, "dataset": dataset, "run": key, "attack": a["attack"], "preset": a["preset"],
                  "params": params, "target": a["target"], "row": int(i), "sample_index": int(arr["sample_index"][i]),
                  "eligible": int(arr["eligible"][i]), "true_labels": int(arr["labels_true"][i].sum()),
                  "label_count_final": int(arr["label_count_final"][i]),
                  "label_count_best": int(arr["label_count_best"][i]),
-                 **{f"norm_{n}": float(v) for n, v in zip(st.NORMS, arr["norms"][i])},
+                 **{f"norm_{n}": float(v) for n, v in zip(NORMS, arr["norms"][i])},
                  "iters": int(arr["iters"][i]), "success": int(arr["success"][i]),
                  "success_best": int(arr["success_best"][i]), "failed": int(arr["failed"][i]),
                  "reason": str(arr["reason"][i])}
