@@ -13,7 +13,7 @@ import tomllib
 from tqdm import tqdm
 
 from engine import data
-from engine.config import DemoDataConfig, ModelConfig, load_toml
+from engine.config import Config, DemoDataConfig, ModelConfig, RunConfig, TrainConfig, load_toml
 from engine.data import demo
 from engine.errors import UserError
 from engine.models.evaluate import evaluate
@@ -32,11 +32,16 @@ def _emit_json(obj, path: str | None) -> None:
         write_text_atomic(Path(path), text + "\n")
 
 
+def given(a: argparse.Namespace, cls: type[Config], skip: Sequence[str] = ()) -> dict:
+    """The flags of ``cls``'s fields (cli.main._config_flags) that were given on the command line."""
+    return {k: getattr(a, k) for k in cls.field_names() if k not in skip and getattr(a, k, None) is not None}
+
+
 def _data_kw(a: argparse.Namespace) -> dict:
     kw = {"allow_missing": a.allow_missing}
     if a.split_seed is not None:
         kw["seed"] = a.split_seed
-    if a.annotations != "auto":
+    if a.annotations is not None:
         kw["source"] = a.annotations
     if a.difficult is not None:
         kw["difficult"] = a.difficult
@@ -58,7 +63,7 @@ def _checkpoint_kw(a: argparse.Namespace) -> dict:
 
 
 def cmd_data_demo(a: argparse.Namespace) -> None:
-    cfg = DemoDataConfig(n_train=a.n_train, n_test=a.n_test, size=a.size, labels=a.labels, seed=a.seed)
+    cfg = DemoDataConfig.from_dict(given(a, DemoDataConfig))
     with tqdm(total=cfg.n_train + cfg.n_test, desc="demo data", unit="img", disable=None) as bar:
         out, created = demo.generate(a.out, cfg, progress=bar.update)
     print(f"{'wrote' if created else 'reusing'} demo data set at {out} "
@@ -67,18 +72,11 @@ def cmd_data_demo(a: argparse.Namespace) -> None:
 
 def cmd_train(a: argparse.Namespace) -> None:
     toml = load_toml(a.config, tables=("model", "train")) if a.config else {}
-    model_kw = {**toml.get("model", {}), "family": a.model}
-    for k in ("backbone", "input_size", "backbone_weights", "embedding", "normalization"):
-        if getattr(a, k) is not None:
-            model_kw[k] = getattr(a, k)
+    model_kw = {**toml.get("model", {}), "family": a.model, **given(a, ModelConfig, skip=("family",))}
     if "input_size" not in model_kw:
         model_kw["input_size"] = data.info(a.dataset).size
     model_cfg = ModelConfig.from_dict(model_kw, where="[model]")
-    train_kw = dict(toml.get("train", {}))
-    for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "backbone_lr_mult", "grad_clip",
-              "lr_schedule", "seed", "freeze_backbone", "augment"):
-        if getattr(a, k) is not None:
-            train_kw[k] = getattr(a, k)
+    train_kw = {**toml.get("train", {}), **given(a, TrainConfig)}
     name = a.recipe or ("demo" if a.dataset == "demo" else "paper")
     train_cfg = recipe(a.model, name, **train_kw)
     res = train(model_cfg=model_cfg, train_cfg=train_cfg, dataset=a.dataset, root=a.root, out=a.out,
@@ -117,11 +115,10 @@ def cmd_attack(a: argparse.Namespace) -> None:
     if a.config:
         params.update(load_toml(a.config, tables=("attack",)).get("attack", {}))
     params.update(_parse_params(a.param))
-    res = attack_checkpoint(a.checkpoint, a.attack, a.out, preset=a.preset, target=a.target,
-                            target_label=a.target_label, params=params, n=a.n, seed=a.seed, order=a.order,
-                            rounding=a.rounding, dataset=a.dataset, root=a.root, split=a.split, chunk_size=a.chunk_size,
-                            batch_size=a.batch_size, early_exit=a.early_exit, save_adv=a.save_adv, device=a.device,
-                            model_key=a.model_key, workers=a.workers, progress=not a.no_progress, compile=a.compile,
+    # The run's fields that were given (preset, target, the protocol's knobs); RunSpec checks them all.
+    res = attack_checkpoint(a.checkpoint, a.attack, a.out, params=params, **given(a, RunConfig, skip=("attack",)),
+                            dataset=a.dataset, root=a.root, split=a.split, device=a.device, model_key=a.model_key,
+                            workers=a.workers, progress=not a.no_progress, compile=a.compile,
                             **_checkpoint_kw(a), **_data_kw(a))
     rates = " ".join(f"{v:.3f}" for v in res["success_final"])
     note = ""

@@ -11,7 +11,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING
 
+from engine import config
 from engine.errors import UserError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}  # name -> (add flags, help)
@@ -25,16 +27,45 @@ def command(name: str, help: str):
     return deco
 
 
+def _one_of(values: Sequence) -> str:
+    return " | ".join(map(str, values))
+
+
+def _config_flags(p, cls: type[config.Config], names: Sequence[str] | None = None, *,
+                  show_defaults: bool = True) -> None:
+    """A flag per field of ``cls`` (or of ``names``): ``--field-name`` with the type, and a help made of
+    the doc, choices, range and default the field declares (engine.config.param). The config checks
+    the value (one line, exit 2, as for every other input). Each flag's default is None, so that
+    only what was given goes on (cli.commands.given) and the config's own default applies otherwise."""
+    rules, schema = cls.field_rules(), cls.schema()
+    for name in names or cls.field_names():
+        rule, t, default = rules[name], schema[name], cls.default_of(name)
+        notes = [rule.expected(t is int)] if rule.bounded else []
+        if show_defaults and default not in (None, MISSING) and t is not bool:
+            notes.append(f"default {default}")
+        text = rule.doc + (f" ({'; '.join(notes)})" if notes else "")
+        if rule.choices is not None:
+            text = f"{_one_of(rule.allowed())}: {text}"
+        text = text.replace("%", "%%")
+        flag = "--" + name.replace("_", "-")
+        if t is bool and default is True:
+            p.add_argument(f"--no-{flag[2:]}", dest=name, action="store_false", default=None, help=f"turn off: {text}")
+        elif t is bool:
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, type=t if t in (int, float) else str, default=None, required=default is MISSING,
+                           help=text)
+
+
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="go on without unusable samples (missing images, bad label lines), reporting them")
     p.add_argument("--split-seed", type=int, help="seed of the study's 80/20 split (VOC2012, NUS-WIDE; default 0)")
-    p.add_argument("--annotations", default="auto", choices=("auto", "txt", "xml", "csv", "instances", "mlgcn"),
-                   help="annotation files to read: VOC csv | txt | xml, COCO instances | mlgcn (default: auto, "
-                        "whichever is found)")
-    p.add_argument("--difficult", choices=("positive", "negative"),
-                   help="VOC: a class shown only by difficult objects counts as present (default, ML-GCN's "
-                        "training) or absent (the study's attack scripts)")
+    p.add_argument("--annotations", help=f"annotation files to read: VOC {_one_of(config.VOC_SOURCES[1:])}, COCO "
+                                         f"{_one_of(config.COCO_SOURCES[1:])} (default: auto, whichever is found)")
+    p.add_argument("--difficult", help=f"{_one_of(config.VOC_DIFFICULT)}: VOC: a class shown only by difficult "
+                                       f"objects counts as present (default, ML-GCN's training) or absent (the "
+                                       f"study's attack scripts)")
 
 
 def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -50,8 +81,8 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torchvision", metavar="ARCH",
                    help="a torchvision classifier (e.g. resnet18) whose multi-label head's state dict is "
                         "--checkpoint (ImageNet normalisation is put in front)")
-    p.add_argument("--output", choices=("logits", "probabilities"),
-                   help="what your model outputs (default logits; probabilities are converted to logits)")
+    p.add_argument("--output", help=f"{_one_of(config.OUTPUTS)}: what your model outputs (default "
+                                    f"{config.OUTPUTS[0]}; probabilities are converted to logits)")
     p.add_argument("--input-size", type=int, help="your model's input size in px (default: the model's "
                                                   "input_size attribute, else the data set's)")
 
@@ -62,35 +93,26 @@ def _data(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     d = sub.add_parser("demo", help="generate the embedded demo data set (no download)")
     d.add_argument("--out", required=True, help="folder to create (reused if it holds the same data set)")
-    d.add_argument("--n-train", type=int, default=4000)
-    d.add_argument("--n-test", type=int, default=1000)
-    d.add_argument("--size", type=int, default=32, help="images are SIZE..2*SIZE px per side (>= 16)")
-    d.add_argument("--labels", type=int, default=20)
-    d.add_argument("--seed", type=int, default=0)
+    _config_flags(d, config.DemoDataConfig)
     d.set_defaults(run="data_demo")
 
 
 # ---------------------------------------------------------------- train
 @command("train", "train ML-GCN or ML-LIW and checkpoint every epoch")
 def _train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="mlgcn | mlliw")
+    p.add_argument("--model", required=True, help=_one_of(config.ModelConfig.field_rules()["family"].allowed()))
     p.add_argument("--dataset", default="demo")
     p.add_argument("--root", required=True, help="data set folder")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--recipe", default=None, help="demo | paper (default: demo on the demo data set, else paper)")
     p.add_argument("--config", help="TOML file with [model] and [train] tables")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out (no-op if complete)")
-    p.add_argument("--backbone", help="tiny | resnet18 | resnet50 | resnet101 | inception_v3")
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--backbone-weights", help="local ImageNet state dict, or a checkpoint to take features.* from")
-    p.add_argument("--embedding", help="ML-GCN label embeddings (.npy or a GloVe pickle, C x E)")
-    p.add_argument("--normalization", help="family | imagenet | half")
-    for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--optimizer", str),
-                      ("--weight-decay", float), ("--backbone-lr-mult", float), ("--grad-clip", float),
-                      ("--lr-schedule", str), ("--seed", int)):
-        p.add_argument(flag, type=typ)
-    p.add_argument("--freeze-backbone", action="store_true", default=None)
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    # Not given: --config's value, else the recipe's (training) or the config's (model; input size:
+    # the data set's).
+    _config_flags(p.add_argument_group("model (the [model] table of --config)"), config.ModelConfig,
+                  [k for k in config.ModelConfig.field_names() if k != "family"], show_defaults=False)
+    _config_flags(p.add_argument_group("training (the [train] table of --config; default: the recipe's)"),
+                  config.TrainConfig, show_defaults=False)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
     _add_data_flags(p)
@@ -113,31 +135,21 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 @command("attack", "run one attack of the study's protocol on a checkpoint into a Zarr store")
 def _attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of --factory / --torchvision")
-    p.add_argument("--attack", required=True, help="a registered attack (an unknown name lists them)")
-    p.add_argument("--preset", default="paper", help="paper | released (| demo, full where defined)")
-    p.add_argument("--target", default="show-many",
-                   help="show-many | hiding-single | random | extreme | reduction | augmentation | hiding-all")
-    p.add_argument("--target-label", help="label (index or name) for reduction / augmentation")
+    _config_flags(p, config.RunConfig, ("attack", "preset", "target", "target_label"))
     p.add_argument("--out", required=True, help="Zarr store (created or resumed)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a preset value (repeatable)")
     p.add_argument("--config", help="TOML file with an [attack] table of parameter values")
-    p.add_argument("--n", type=int, help="samples (default: the preset's protocol default, mostly 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--order", help="seeded | first (default: the preset's; released: first, as the code)")
-    p.add_argument("--rounding", help="ceil | floor for expLabels (default: the preset's; released: floor)")
+    _config_flags(p.add_argument_group("protocol (a sweep file's [protocol] keys)"), config.ProtocolConfig)
     p.add_argument("--dataset")
     p.add_argument("--root")
     p.add_argument("--split")
-    p.add_argument("--batch-size", type=int, default=0, help="0: automatic")
-    p.add_argument("--chunk-size", type=int, default=100, help="samples per stored chunk (resume unit)")
-    p.add_argument("--early-exit", action="store_true", help="retire samples that reach y* (own semantics)")
-    p.add_argument("--save-adv", action="store_true", help="also store x_adv - x (float16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0,
                    help="CPU worker processes for attacks with solver work (e.g. an LP per sample); 0: inline")
     p.add_argument("--model-key", help="group name for the model in the store (default: checkpoint stem)")
-    p.add_argument("--compile", default="auto",
-                   help="on | off | auto: each iteration as one torch.compile graph (auto: on CUDA only)")
+    p.add_argument("--compile", default=config.COMPILE_MODES[0],
+                   help=f"{_one_of(config.COMPILE_MODES)}: each iteration as one torch.compile graph (default "
+                        f"{config.COMPILE_MODES[0]}: on CUDA only)")
     p.add_argument("--no-progress", action="store_true")
     _add_checkpoint_flags(p)
     _add_data_flags(p)
@@ -174,7 +186,8 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the shards whose samples were recorded as failed after repeated errors")
     p.add_argument("--placement-timeout", type=float, metavar="S",
-                   help="seconds an actor may wait to be placed before the sweep goes on without it (default 60)")
+                   help="seconds an actor may wait to be placed before the sweep goes on without it (default: the "
+                        "sweep file's [sweep] placement_timeout)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--plan", action="store_true",

@@ -1,15 +1,20 @@
 """Frozen, keyword-only configuration dataclasses, with TOML/dict round trips.
 
-Every config validates itself on construction (``validate``), so a bad value fails where it is
-given, with the field's name, instead of deep inside a training or attack loop.
+Every field declares what it accepts where it is defined (:func:`param`: bounds, choices, a help
+text), and every config checks all of its fields from those declarations on construction, before
+its own cross-field rules (``validate``): a bad value fails where it is given, as one
+:class:`~engine.errors.UserError` whose ``key`` is the field, instead of deep inside a training or
+attack loop. The Python API, the CLI (which also takes its flags, choices and defaults from these
+declarations) and sweep files all check through here. This module imports no torch, so that
+``sml --help`` can read it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,16 +23,100 @@ import tomllib
 from engine.errors import UserError
 
 C = TypeVar("C", bound="Config")
+RULE = "rule"  # the field metadata key that holds its Rule
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field accepts beyond its type, and its help text: bounds (``ge`` >=, ``gt`` >, ``le``
+    <=, ``lt`` <) for numbers, ``choices`` (a tuple, or a function giving one where the set is a
+    registry that can grow), ``finite`` (floats: NaN is always refused, infinity unless False)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
+    finite: bool = True
+    doc: str = ""
+
+    def allowed(self) -> tuple[Any, ...] | None:
+        c = self.choices
+        return tuple(c() if callable(c) else c) if c is not None else None
+
+    @property
+    def bounded(self) -> bool:
+        return any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+
+    def holds(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def expected(self, integer: bool = False) -> str:
+        """The bounds in words: ``>= 0``, ``in 1..64`` (integers), ``in (0, 1)``, ``in [0, 0.5)``."""
+        lo = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        hi = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        if lo and hi:
+            if integer and lo[0] == "[" and hi[0] == "]":
+                return f"in {lo[1]}..{hi[1]}"
+            return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+        if lo:
+            return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}" if hi else "anything"
+
+    def check(self, name: str, value: Any, t: type) -> None:
+        """``value`` of field ``name`` (plain type ``t``, see :func:`toml_type`) is acceptable."""
+        if not is_a(value, t):
+            raise UserError(f"{name} must be {TYPE_NAMES[t]}, got {value!r}", key=name)
+        if t is float and (math.isnan(value) or (self.finite and math.isinf(value))):
+            # An infinite or NaN budget, step or constant never means "unbounded": it turns every
+            # result into inf/NaN, so it is refused up front (fields that mean "no limit" by
+            # infinity say finite=False).
+            raise UserError(f"{name} must be a {'finite ' if self.finite else ''}number, got {value}", key=name)
+        allowed = self.allowed()
+        if allowed is not None and value not in allowed:
+            raise UserError(f"unknown {name} {value!r}; valid: {', '.join(map(str, allowed))}", key=name)
+        if t in (int, float) and not self.holds(value):
+            raise UserError(f"{name} must be {self.expected(t is int)}, got {value}", key=name)
+
+
+NO_RULE = Rule()
+
+
+def param(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+          finite: bool = True, doc: str = "", **field_kw: Any) -> Any:
+    """A config field with what it accepts (see :class:`Rule`), e.g.
+    ``lr: float = param(0.01, gt=0, doc="Adam's step size")``. Other keywords go to
+    ``dataclasses.field`` (``default_factory=dict``)."""
+    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=choices, finite=finite, doc=doc)
+    return field(default=default, metadata={RULE: rule}, **field_kw)
+
+
+def _optional(annotation: Any) -> bool:
+    """The annotation allows None (``X | None``), or anything (``Any``)."""
+    return toml_type(annotation) is object or "None" in str(annotation).replace(" ", "").split("|")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """Base: dict/TOML conversion with unknown-key checking."""
+    """Base: every field checked from its declaration, dict/TOML conversion with unknown-key checking."""
 
     def __post_init__(self) -> None:
+        self.check_fields()
         self.validate()
 
-    def validate(self) -> None:  # overridden where there is something to check
+    def check_fields(self) -> None:
+        """Each field on its own, from its declaration: type, finiteness, choices, bounds."""
+        for f in fields(self):
+            if not f.init:
+                continue
+            v = getattr(self, f.name)
+            if v is None and _optional(f.type):
+                continue
+            f.metadata.get(RULE, NO_RULE).check(f.name, v, toml_type(f.type))
+
+    def validate(self) -> None:  # overridden for rules between fields (their errors set ``key`` too)
         pass
 
     @classmethod
@@ -38,28 +127,37 @@ class Config:
     @classmethod
     def schema(cls) -> dict[str, type]:
         """Field -> the plain type a TOML file or the CLI must give: int, float, str, bool, list,
-        dict, or object (anything). Sweep files and ``from_dict`` check values against it."""
+        dict, or object (anything)."""
         return {f.name: toml_type(f.type) for f in fields(cls) if f.init}
 
     @classmethod
+    def field_rules(cls) -> dict[str, Rule]:
+        """Field -> its :class:`Rule` (an empty one where it declares nothing)."""
+        return {f.name: f.metadata.get(RULE, NO_RULE) for f in fields(cls) if f.init}
+
+    @classmethod
+    def default_of(cls, name: str) -> Any:
+        """The default value of field ``name`` (MISSING for a required field)."""
+        f = next(f for f in fields(cls) if f.name == name)
+        return f.default_factory() if f.default_factory is not MISSING else f.default
+
+    @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "") -> C:
-        """Build from a mapping; unknown keys are an error that lists the valid ones."""
+        """Build from a mapping; unknown keys are an error that lists the valid ones. ``where``
+        (e.g. "attack pgd") prefixes the message of any error."""
         names = cls.field_names()
         unknown = sorted(set(data) - set(names))
-        if unknown:
-            at = f" in {where}" if where else ""
-            raise UserError(
-                f"unknown parameter(s) {', '.join(unknown)}{at} for {cls.__name__}; "
-                f"valid: {', '.join(names)}"
-            )
-        types = {f.name: f.type for f in fields(cls)}
-        schema = cls.schema()
         at = f"{where}: " if where else ""
-        for k, v in data.items():
-            if not is_a(v, schema[k]):
-                raise UserError(f"{at}{k} must be {TYPE_NAMES[schema[k]]}, got {v!r}")
-        clean = {k: _coerce(v, types[k]) for k, v in data.items()}
-        return cls(**clean)
+        if unknown:
+            raise UserError(f"{at}unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"valid: {', '.join(names)}", key=unknown[0])
+        types = {f.name: f.type for f in fields(cls)}
+        try:
+            return cls(**{k: _coerce(v, types[k]) for k, v in data.items()})
+        except UserError as e:
+            if not where:
+                raise
+            raise UserError(f"{at}{e}", key=e.key) from None
 
     def to_dict(self) -> dict[str, Any]:
         names = self.field_names()
@@ -92,8 +190,10 @@ def toml_type(annotation: Any) -> type:
 
 def is_a(value: Any, t: type) -> bool:
     """``value`` is of plain type ``t`` (see :func:`toml_type`): bools are no numbers, ints are floats."""
-    if t is object or value is None:
-        return True  # None: "not given" where a caller passes a field's default through
+    if t is object:
+        return True
+    if value is None:
+        return False  # a field that may be None says so in its annotation (Config.check_fields)
     if t is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t is int:
@@ -137,101 +237,112 @@ def load_toml(path: str | Path, tables: Sequence[str] | None = None) -> dict[str
     return data
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, float) and math.isnan(value):
-        ok = False
-    if not allow_inf and isinstance(value, float) and math.isinf(value):
-        ok = False
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise UserError(f"{name} must be {bound}, got {value}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoDataConfig(Config):
-    """The embedded demo data set (see engine.data.demo)."""
-
-    n_train: int = 4000
-    n_test: int = 1000
-    size: int = 32  # images are size..2*size px per side before the loader resizes them
-    labels: int = 20
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.n_train < 1 or self.n_test < 1:
-            raise UserError(f"n_train and n_test must be >= 1, got {self.n_train}, {self.n_test}")
-        if self.size < 16:
-            raise UserError(f"size must be >= 16 px, got {self.size}")
-        if not 4 <= self.labels <= 80:
-            raise UserError(f"labels must be in 4..80, got {self.labels}")
-
-
+# ---------------------------------------------------------------- choices the CLI offers too
+# Kept here, torch-free, so that `sml --help` lists them without loading the engine; the modules
+# that act on them import them from here.
+ORDERS = ("seeded", "first")  # the protocol's sample order (engine.protocol)
+ROUNDINGS = ("ceil", "floor")  # expLabels rounding (engine.protocol)
+COMPILE_MODES = ("auto", "on", "off")  # torch.compile per iteration; the first is the default (auto: on CUDA)
+OUTPUTS = ("logits", "probabilities")  # what your own model returns (engine.models.sources)
+# The annotation files each data set's loader reads (its SOURCES): VOC (engine.data.voc) and COCO
+# (engine.data.coco); every other loader reads one format ("auto").
+VOC_SOURCES = ("auto", "csv", "txt", "xml")
+COCO_SOURCES = ("auto", "instances", "mlgcn")
+ANNOTATIONS = tuple(dict.fromkeys(VOC_SOURCES + COCO_SOURCES))
+VOC_DIFFICULT = ("positive", "negative")  # a class shown only by difficult objects: present or absent
 # The backbones engine.models.backbones builds (it keys its builders by these names; kept here so
 # that validating a config never imports the model code).
 BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "inception_v3")
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProtocolConfig(Config):
+    """The protocol's knobs of one attack run: a sweep file's [protocol] keys (each [[attack]] may
+    override them) and `sml attack`'s flags. engine.runtime.runspec.RunSpec adds what is attacked."""
+
+    # Upper bounds a real run never reaches: past them a typo (n = 1e9, batch_size = 10**6) would
+    # allocate or loop for hours before failing, so it is refused in one line. n None: the preset's
+    # protocol default (AttackSpec.default_samples; else, under ``released``, the code's count for the
+    # (model, data set): engine.protocol.RELEASED_CELLS; else 1000).
+    n: int | None = param(None, ge=1, le=10**7, doc="samples per run (default: the preset's protocol default)")
+    seed: int = param(0, ge=0, le=2**63 - 1, doc="seed of the sample order and of random targets and starts")
+    order: str | None = param(None, choices=ORDERS,
+                              doc="sample order (default: the preset's; released: first, as the code)")
+    rounding: str | None = param(None, choices=ROUNDINGS,
+                                 doc="expLabels rounding (default: the preset's; released: floor)")
+    chunk_size: int = param(100, ge=1, le=10**6,
+                            doc="samples per shard = per stored chunk: the unit of resume and of scheduling")
+    batch_size: int = param(0, ge=0, le=65536, doc="samples per batch; 0: automatic (never depends on the device)")
+    early_exit: bool = param(False, doc="retire samples that reach the target y* (own semantics)")
+    exit_every: int = param(4, ge=1, le=10**6, doc="with early exit: check every this many iterations")
+    save_adv: bool = param(False, doc="also store x_adv - x (float16)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(ProtocolConfig):
+    """One attack run in plain values: what is attacked, and the protocol's knobs. RunSpec
+    (engine.runtime.runspec) checks the names against the registries and resolves them."""
+
+    attack: str = param(doc="a registered attack (an unknown name lists them)")
+    preset: str = param("paper", doc="the attack's preset: paper (the study's text), released (its code), ...")
+    target: str = param("show-many", doc="attack type: what y* is (an unknown name lists them)")
+    target_label: Any = param(None, doc="label (index or name) for the targets that need one (reduction, augmentation)")
+    params: dict[str, Any] = param(default_factory=dict, doc="the attack's parameters on top of the preset")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoDataConfig(Config):
+    """The embedded demo data set (see engine.data.demo)."""
+
+    n_train: int = param(4000, ge=1, doc="training images")
+    n_test: int = param(1000, ge=1, doc="test images")
+    # An image is drawn at size..2*size px per side: past 1024 (2048 px images) it is a typo, not a demo.
+    size: int = param(32, ge=16, le=1024, doc="images are SIZE..2*SIZE px per side before the loader resizes them")
+    labels: int = param(20, ge=4, le=80, doc="labels (shape x colour pairs; 80 exist)")
+    seed: int = param(0, ge=0, doc="seed of the drawing")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig(Config):
     """Architecture of a multi-label classifier (head family on a backbone)."""
 
-    family: str = "mlgcn"  # mlgcn | mlliw
-    backbone: str = "tiny"  # tiny | resnet18 | resnet50 | resnet101 | inception_v3
-    input_size: int = 32
-    backbone_weights: str | None = None  # local ImageNet state dict (nothing downloads)
-    embedding: str | None = None  # ML-GCN label embeddings (.pkl/.npy, C x D); one-hot if None
-    gcn_t: float = 0.4  # ML-GCN correlation binarisation threshold
-    gcn_p: float = 0.25  # ML-GCN re-weighting
-    gcn_hidden: int = 1024
+    family: str = param("mlgcn", choices=("mlgcn", "mlliw"), doc="head family")
+    backbone: str = param("tiny", choices=BACKBONES, doc="feature extractor")
+    input_size: int = param(32, ge=16, doc="input size in px")
+    backbone_weights: str | None = param(None, doc="local ImageNet state dict, or a checkpoint to take features.* "
+                                                   "from (nothing downloads)")
+    embedding: str | None = param(None, doc="ML-GCN label embeddings (.npy or a GloVe pickle, C x E); one-hot if none")
+    # ML-GCN's correlation matrix: co-occurrence probabilities binarised at gcn_t and re-weighted by
+    # gcn_p (Chen et al. 2019, Eq. 7-8): both are shares of a probability, strictly inside (0, 1).
+    gcn_t: float = param(0.4, gt=0, lt=1, doc="ML-GCN correlation binarisation threshold")
+    gcn_p: float = param(0.25, gt=0, lt=1, doc="ML-GCN re-weighting of the correlation matrix")
+    gcn_hidden: int = param(1024, ge=1, doc="ML-GCN hidden width of the label graph convolutions")
     # Input normalisation inside the model: "family" = ImageNet mean/std for ML-GCN (its repo),
     # (x - 0.5) / 0.5 for ML-LIW (its reimplementation); or "imagenet" / "half" explicitly, e.g. to
     # match the normalisation a pretrained backbone was trained with.
-    normalization: str = "family"
-
-    def validate(self) -> None:
-        if self.family not in ("mlgcn", "mlliw"):
-            raise UserError(f"unknown model family {self.family!r}; valid: mlgcn, mlliw")
-        if self.backbone not in BACKBONES:
-            raise UserError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
-        if self.input_size < 16:
-            raise UserError(f"input_size must be >= 16 px, got {self.input_size}")
-        if self.normalization not in ("family", "imagenet", "half"):
-            raise UserError(f"unknown normalization {self.normalization!r}; valid: family, imagenet, half")
-        if not 0 < self.gcn_t < 1 or not 0 < self.gcn_p < 1:
-            raise UserError(f"gcn_t and gcn_p must be in (0,1), got {self.gcn_t}, {self.gcn_p}")
+    normalization: str = param("family", choices=("family", "imagenet", "half"),
+                               doc="input normalisation (family: the family's own)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Config):
     """Optimisation recipe. Defaults are the demo recipe; see engine.models.train for the study's."""
 
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"  # cosine (to 5%) | step (x lr_gamma every lr_step epochs) | constant
-    lr_step: int = 30
-    lr_gamma: float = 0.9
-    optimizer: str = "adam"  # adam | sgd
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    backbone_lr_mult: float = 1.0  # ML-GCN repo: 0.1 with a pretrained backbone
-    grad_clip: float = 10.0  # ML-GCN repo clips the gradient norm at 10
-    augment: bool = True  # horizontal flip (+ multi-scale crop at >= 224 px)
-    seed: int = 0
-    freeze_backbone: bool = False  # ML-LIW recipe: frozen (eval-mode) pretrained backbone, train the head
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise UserError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
-        check_positive("lr", self.lr)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_positive("grad_clip", self.grad_clip, allow_inf=True)
-        if self.lr_schedule not in ("cosine", "step", "constant"):
-            raise UserError(f"unknown lr_schedule {self.lr_schedule!r}; valid: cosine, step, constant")
-        if self.lr_step < 1:
-            raise UserError(f"lr_step must be >= 1, got {self.lr_step}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise UserError(f"unknown optimizer {self.optimizer!r}; valid: adam, sgd")
+    epochs: int = param(12, ge=1, doc="epochs")
+    batch_size: int = param(64, ge=1, doc="images per batch")
+    lr: float = param(2e-3, gt=0, doc="learning rate")
+    lr_schedule: str = param("cosine", choices=("cosine", "step", "constant"),
+                             doc="learning rate schedule (cosine: down to 5%; step: x lr_gamma every lr_step epochs)")
+    lr_step: int = param(30, ge=1, doc="epochs between steps of the step schedule")
+    lr_gamma: float = param(0.9, gt=0, le=1, doc="factor of the step schedule (a decay: at most 1)")
+    optimizer: str = param("adam", choices=("adam", "sgd"), doc="optimizer")
+    momentum: float = param(0.9, ge=0, lt=1, doc="SGD momentum (a share of the last update: below 1)")
+    weight_decay: float = param(1e-4, ge=0, doc="weight decay")
+    backbone_lr_mult: float = param(1.0, ge=0, doc="backbone learning rate factor (ML-GCN repo: 0.1 with a "
+                                                   "pretrained backbone)")
+    # inf: no clipping (the ML-LIW recipes).
+    grad_clip: float = param(10.0, gt=0, finite=False, doc="gradient norm clip (ML-GCN repo: 10; inf: none)")
+    augment: bool = param(True, doc="horizontal flip (+ multi-scale crop at >= 224 px)")
+    seed: int = param(0, ge=0, doc="seed of initialisation, augmentation and batch order")
+    freeze_backbone: bool = param(False, doc="train the head on a frozen (eval-mode) pretrained backbone "
+                                             "(the ML-LIW recipe)")

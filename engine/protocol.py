@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.config import ORDERS, ROUNDINGS
 from engine.errors import UserError
 
 PROTOCOL_N = 1000  # the study's samples per (model, data set): the basis of avgLabels under the text
-ROUNDINGS = ("ceil", "floor")
-ORDERS = ("seeded", "first")
 
 
 @dataclass(frozen=True)

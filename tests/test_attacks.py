@@ -328,9 +328,10 @@ def test_bad_attack_input(trained, batch):
         attacks.run(model, x, "pgd", preset="fast")
     with pytest.raises(UserError, match="unknown target 'show-all'; valid: show-many"):
         attacks.run(model, x, "pgd", target="show-all")
-    with pytest.raises(UserError, match="unknown parameter.*epsilon.*valid: loss, prob_clamp, precision, eps, step"):
+    with pytest.raises(UserError, match="unknown key 'epsilon'; valid: loss, prob_clamp, precision, eps, step"):
         attacks.run(model, x, "pgd", epsilon=0.1)
-    for kw, msg in (({"eps": -0.1}, "eps must be >= 0"), ({"iterations": 0}, "iterations must be >= 1")):
+    for kw, msg in (({"eps": -0.1}, "eps must be >= 0"),
+                    ({"iterations": 0}, r"iterations must be in 1\.\.100000, got 0")):
         with pytest.raises(UserError, match=msg):
             attacks.run(model, x, "bim", **kw)
     with pytest.raises(UserError, match=r"sparsity must be in \(0, 1\)"):

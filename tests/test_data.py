@@ -90,7 +90,7 @@ def test_bad_data_dirs(tmp_path, demo_root):
         data.load("demo", root=tmp_path / "empty")
     with pytest.raises(UserError, match="unknown data set"):
         data.load("imagenet", root=tmp_path)
-    with pytest.raises(UserError, match="size must be >= 16"):
+    with pytest.raises(UserError, match=r"size must be in 16\.\.1024, got 8"):
         DemoDataConfig(size=8)
 
 

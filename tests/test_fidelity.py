@@ -203,7 +203,7 @@ def test_mldp_released_settings():
     cfg = attacks.make_config("mldp", "released")
     assert (cfg.tie_break, cfg.accumulate, cfg.overshoot) == ("image", "float64", 0.0)
     assert attacks.make_config("mldp", "paper").tie_break == "perturbation"
-    with pytest.raises(UserError, match="tie_break must be"):
+    with pytest.raises(UserError, match="unknown tie_break 'l2'; valid: perturbation, image"):
         attacks.make_config("mldp", "paper", tie_break="l2")
 
 

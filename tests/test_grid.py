@@ -40,7 +40,7 @@ def test_lists_in_params_expand_to_named_runs(tmp_path, trained):
 @pytest.mark.parametrize("tables,sweep,expect", [
     ('[[attack]]\nname = "pgd"\nparams = { eps = [] }\n', "", "params eps is an empty list"),
     ('[[attack]]\nname = "pgd"\nparams = { iterations = [2, 2.5] }\n', "", "iterations must be an integer, got 2.5"),
-    ('[[attack]]\nname = "pgd"\nparams = { epz = [0.1, 0.2] }\n', "", "unknown parameter(s) epz"),
+    ('[[attack]]\nname = "pgd"\nparams = { epz = [0.1, 0.2] }\n', "", "unknown key 'epz'; valid: loss"),
     ('[[attack]]\nname = "pgd"\nparams = { eps = 0.1 }\n[[attack]]\nname = "pgd"\nparams = { eps = 0.1 }\n', "",
      "repeats run 'pgd@eps=0.1'"),
     (PGD_GRID, "max_runs = 3", "the sweep makes 4 runs (4 per model x 1 models), more than [sweep] max_runs = 3"),

@@ -100,7 +100,7 @@ def test_checkpoint_round_trip_gives_identical_logits(trained, demo_root):
 def test_unknown_model_and_backbone():
     with pytest.raises(UserError, match="unknown backbone 'vgg'.*valid: tiny"):
         ModelConfig(backbone="vgg")
-    with pytest.raises(UserError, match="unknown model family"):
+    with pytest.raises(UserError, match="unknown family 'mlknn'; valid: mlgcn, mlliw"):
         ModelConfig(family="mlknn")
     with pytest.raises(UserError, match="too small for inception_v3"):
         models.build(ModelConfig(family="mlliw", backbone="inception_v3", input_size=32), 5)

@@ -284,8 +284,8 @@ def test_status_of_plain_store_is_an_error(tmp_path, capsys):
 # ---------------------------------------------------------------- bad input
 BAD = [
     # (text after the model tables, expected fragments of the message)
-    ('[[attack]]\nname = "pgd"\nchunksize = 5\n', [":LINE:", "unknown key 'chunksize'", "allowed:", "chunk_size"]),
-    ('[[attack]]\nname = "pgdd"\n', [":LINE:", "unknown attack 'pgdd'", "allowed:", "fgsm", "mlalp"]),
+    ('[[attack]]\nname = "pgd"\nchunksize = 5\n', [":LINE:", "unknown key 'chunksize'", "valid:", "chunk_size"]),
+    ('[[attack]]\nname = "pgdd"\n', [":LINE:", "unknown attack 'pgdd'", "valid:", "fgsm", "mlalp"]),
     ('[[attack]]\nname = "mlcw"\npreset = "fast"\n', [":LINE:", "unknown preset 'fast' for mlcw", "paper", "demo"]),
     ('[[attack]]\nname = "pgd"\ntargets = ["show-more"]\n', [":LINE:", "unknown target 'show-more'", "hiding-all"]),
     ('[[attack]]\nname = "pgd"\nparams = { epss = 0.1 }\n', [":LINE:", "epss", "valid:", "eps"]),
@@ -299,7 +299,7 @@ BAD = [
     ('[sweep]\ndevice = "tpu"\n[[attack]]\nname = "pgd"\n', [":LINE:", "unknown device 'tpu'", "auto, cpu, cuda"]),
     ('[[attack]]\npreset = "paper"\n', [":LINE:", "[[attack]] #1 needs name = one of:", "fgsm", "mlalp"]),
     ('[[model]]\nkey = "other"\n[[attack]]\nname = "pgd"\n',
-     [":LINE:", '[[model]] #2 needs checkpoint = "path/to/model.pt"']),
+     [":LINE:", "[[model]] #2: no model: give a checkpoint"]),
 ]
 
 
@@ -332,10 +332,10 @@ def test_bad_model_entries(tmp_path):
     with pytest.raises(UserError, match=r"m\.toml:2: .*checkpoint .*nope\.pt not found"):
         sw.load_sweep(p)
     p.write_text(f'[[model]]\ncheckpoint = "{ck}"\ndataset = "voc2099"\n[[attack]]\nname = "pgd"\n')
-    with pytest.raises(UserError, match=r"m\.toml:3: unknown dataset 'voc2099'; allowed: .*demo"):
+    with pytest.raises(UserError, match=r"m\.toml:3: unknown dataset 'voc2099'; valid: .*demo"):
         sw.load_sweep(p)
     p.write_text(f'[[model]]\ncheckpoint = "{ck}"\nbackbone = "x"\n[[attack]]\nname = "pgd"\n')
-    with pytest.raises(UserError, match=r"m\.toml:3: unknown key 'backbone' in \[\[model\]\] #1; allowed: checkpoint"):
+    with pytest.raises(UserError, match=r"m\.toml:3: \[\[model\]\] #1: unknown key 'backbone'; valid: checkpoint"):
         sw.load_sweep(p)
 
 

@@ -32,7 +32,7 @@ BAD_ATTACK = [
     (["--param", "eps=-1"], "eps must be >= 0"),
     (["--param", "eps=inf"], "eps must be a finite number, got inf"),
     (["--param", "step=nan"], "step must be a finite number, got nan"),
-    (["--param", "iterations=1000000"], "iterations must be <= 100000, got 1000000"),
+    (["--param", "iterations=1000000"], "iterations must be in 1..100000, got 1000000"),
     (["--n", "100000000"], "n must be in 1..10000000, got 100000000"),
     (["--seed", "-1"], "seed must be in 0..9223372036854775807, got -1"),
     (["--order", "random"], "unknown order 'random'"),

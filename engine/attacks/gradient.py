@@ -27,35 +27,50 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attacks.registry import AttackConfig, AttackSpec, register
-from engine.errors import UserError
+from engine.attacks.registry import MAX_ITERATIONS, AttackConfig, AttackSpec, register
+from engine.config import param
 from kernels import dispatch as K
 
 INF = math.inf
+
+
+# Shared declarations. A budget or step is a distance in the attack's norm on images in [0, 1]:
+# any finite value >= 0 is meaningful (0: the clean image; a budget past the image's range is merely
+# inactive, as BIM's is under ``paper``).
+def _eps(default: float) -> float:
+    return param(default, ge=0, doc="perturbation budget: the radius of the norm ball around the clean image")
+
+
+def _step(default: float) -> float:
+    return param(default, ge=0, doc="step size per iteration")
+
+
+def _iterations(default: int) -> int:
+    return param(default, ge=1, le=MAX_ITERATIONS, doc="iterations")
 
 
 @dataclass(frozen=True, kw_only=True)
 class FGSMConfig(AttackConfig):
     """x* = clip(x - eps sign(grad L)) (Eq. 4), one step, Linf."""
 
-    eps: float = 0.3
+    eps: float = _eps(0.3)
 
 
 @dataclass(frozen=True, kw_only=True)
 class FGMConfig(AttackConfig):
     """x* = clip(x - eps grad L / max(||grad L||_2, 1e-6)) (Eq. 5), one step, L2."""
 
-    eps: float = 1.0
+    eps: float = _eps(1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LinfIterConfig(AttackConfig):
     """BIM / PGD (Eqs. 6-7): x <- clip(Proj_{||x - x0||_inf <= eps}(x - step sign(grad L)))."""
 
-    eps: float = 0.3
-    step: float = 0.01
-    iterations: int = 40
-    rand_init: bool = False  # PGD: x0 + U(-eps, eps), clipped to [0, 1]
+    eps: float = _eps(0.3)
+    step: float = _step(0.01)
+    iterations: int = _iterations(40)
+    rand_init: bool = param(False, doc="random start: x0 + U(-eps, eps), clipped to [0, 1] (PGD)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,18 +78,15 @@ class SLIDEConfig(AttackConfig):
     """Sparse L1 descent (Tramer & Boneh 2019): step along the signs of the top (1 - sparsity)
     share of |grad L|, L1-normalised; project onto the L1 ball of radius eps and [0, 1]."""
 
-    eps: float = 10.0
-    step: float = 0.01  # AdverTorch's default eps_iter
-    iterations: int = 40
-    sparsity: float = 0.95
+    eps: float = _eps(10.0)
+    step: float = _step(0.01)  # AdverTorch's default eps_iter
+    iterations: int = _iterations(40)
+    # A share of the coordinates left out of each step: 0 would step along every coordinate (not
+    # sparse: plain L1 descent), 1 along none.
+    sparsity: float = param(0.95, gt=0, lt=1, doc="share of the gradient's coordinates left out of each step")
     # "advertorch": project onto the L1 ball, then clip to [0, 1] (AdverTorch's order, the
     # study's tool); "exact": the Euclidean projection onto the ball intersected with the box.
-    projection: str = "advertorch"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.projection not in ("advertorch", "exact"):
-            raise UserError(f"unknown projection {self.projection!r}; valid: advertorch, exact")
+    projection: str = param("advertorch", choices=("advertorch", "exact"), doc="projection onto the L1 ball and box")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,10 +94,12 @@ class MIFGSMConfig(AttackConfig):
     """MI-FGSM (Dong et al. 2018, Eq. 8): g <- decay g + grad / ||grad||_1; x <- x - step sign(g),
     projected onto the Linf ball of radius eps and [0, 1]."""
 
-    eps: float = 0.3
-    step: float = 0.01
-    iterations: int = 40
-    decay: float = 1.0
+    eps: float = _eps(0.3)
+    step: float = _step(0.01)
+    iterations: int = _iterations(40)
+    # The momentum's decay factor mu (Dong et al.): 0 is plain I-FGSM, 1 their choice; a negative mu
+    # would flip the accumulated direction every step.
+    decay: float = param(1.0, ge=0, doc="decay factor of the accumulated gradient (mu)")
 
 
 # Steps take the kernel namespace ``k``: kernels.dispatch (fused Triton kernels on CUDA) when run

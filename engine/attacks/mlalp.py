@@ -49,13 +49,15 @@ import numpy as np
 import torch
 
 from engine.attacks.driver import finalize, jacobian
-from engine.attacks.registry import AttackConfig, AttackSpec, Passes, register
+from engine.attacks.registry import MAX_ITERATIONS, AttackConfig, AttackSpec, Passes, register
+from engine.config import param
 from engine.errors import UserError
 from engine.lp import LPPool, solve_linf_lp
 
 __all__ = ["MLALPConfig", "ReleasedThresholds", "solve_linf_lp"]
 
 RULES = ("engine", "released")
+RELEASED_FLOOR = 0.1  # the released rules lower their shared threshold only while it is above this
 
 
 class ReleasedThresholds:
@@ -64,7 +66,8 @@ class ReleasedThresholds:
     ``attacked`` [B, l]: the labels each sample has to change; ``p_clean`` [B, l]: clean
     probabilities (unclamped), the first "before" values."""
 
-    def __init__(self, attacked: torch.Tensor, p_clean: torch.Tensor, start: float, step: float, floor: float = 0.1):
+    def __init__(self, attacked: torch.Tensor, p_clean: torch.Tensor, start: float, step: float,
+                 floor: float = RELEASED_FLOOR):
         self.attacked = attacked
         self.before = p_clean[attacked].double()  # the flattened attacked pairs, row-major
         self.value, self.step, self.floor = float(start), float(step), float(floor)
@@ -101,23 +104,28 @@ class ReleasedThresholds:
 
 @dataclass(frozen=True, kw_only=True)
 class MLALPConfig(AttackConfig):
-    iterations: int = 10
-    threshold: float = 0.5
-    threshold_step: float = 0.05
-    threshold_max_shift: float = 0.4
-    bound: float = 1.0  # |r_j| <= 1, as in the code
-    reset_best_on_drop: bool = False
-    rules: str = "engine"  # engine | released: thresholds and giving up (see the module docstring)
-    workers: int = 0  # LP worker processes (0: solve inline); results do not depend on it
+    iterations: int = param(10, ge=1, le=MAX_ITERATIONS, doc="iterations")
+    # The thresholds t_k are probabilities: the LP's right-hand side takes log(t_k) and log(1 - t_k).
+    threshold: float = param(0.5, gt=0, lt=1, doc="the first threshold t_k of every label")
+    threshold_step: float = param(0.05, ge=0, doc="how far a threshold moves per push")
+    threshold_max_shift: float = param(0.4, ge=0, lt=0.5, doc="how far a threshold may move from its first value")
+    # |r_j| <= bound: 0 would leave only r = 0 (every sample fails at once); past 1 it is inactive
+    # on images in [0, 1] (the code's 1).
+    bound: float = param(1.0, gt=0, doc="the LP's box on each pixel's change |r_j|")
+    reset_best_on_drop: bool = param(False, doc="a drop in matched labels also resets the best iterate (the code's)")
+    rules: str = param("engine", choices=RULES, doc="thresholds and giving up: engine | released (module docstring)")
+    workers: int = param(0, ge=0, le=1024, doc="LP worker processes (0: solve inline); results do not depend on it")
 
     def validate(self) -> None:
-        super().validate()
-        if not 0 < self.threshold < 1:
-            raise UserError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.rules not in RULES:
-            raise UserError(f"rules must be one of {', '.join(RULES)}, got {self.rules!r}")
-        if self.workers < 0:
-            raise UserError(f"workers must be >= 0, got {self.workers}")
+        # The thresholds must stay probabilities wherever the rules move them (module docstring).
+        shift = self.threshold_max_shift
+        if self.rules == "engine" and not (self.threshold - shift > 0 and self.threshold + shift < 1):
+            raise UserError(f"threshold_max_shift must keep threshold +- threshold_max_shift inside (0, 1), got "
+                            f"{self.threshold} +- {self.threshold_max_shift}", key="threshold_max_shift")
+        if self.rules == "released" and self.threshold_step > RELEASED_FLOOR:
+            raise UserError(f"threshold_step must be <= {RELEASED_FLOOR} under rules = released (the shared threshold "
+                            f"is lowered by it while above {RELEASED_FLOOR}), got {self.threshold_step}",
+                            key="threshold_step")
 
 
 def _per_label_bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -36,24 +36,24 @@ from dataclasses import dataclass
 import torch
 
 from engine.attacks.driver import finalize
-from engine.attacks.registry import AttackConfig, AttackSpec, Passes, register
-from engine.errors import UserError
+from engine.attacks.registry import MAX_ITERATIONS, AttackConfig, AttackSpec, Passes, register
+from engine.config import param
 
 
 @dataclass(frozen=True, kw_only=True)
 class MLCWConfig(AttackConfig):
-    binary_steps: int = 10
-    iterations: int = 1000
-    lr: float = 0.01
-    initial_const: float = 1e5
-    abort_early: bool = True
-    abort: str = "sample"  # sample | batch (the released code's; see the module docstring)
-    repeat_at_upper: bool = True  # C&W: the last of >= 10 steps runs at the upper bound
-
-    def validate(self) -> None:
-        super().validate()
-        if self.abort not in ("sample", "batch"):
-            raise UserError(f"abort must be sample or batch, got {self.abort!r}")
+    # Upper bounds: past them a typo runs for days (the study's largest search is 10 x 1000 steps).
+    binary_steps: int = param(10, ge=1, le=64, doc="binary-search steps over the constant c")
+    iterations: int = param(1000, ge=1, le=MAX_ITERATIONS, doc="Adam steps per binary-search step")
+    # Adam needs a positive step size (torch refuses a negative one; 0 never moves).
+    lr: float = param(0.01, gt=0, doc="Adam's learning rate")
+    # c weighs the label hinge against the distance: c <= 0 drops or inverts the labels' term, and
+    # the search (c x 10 until success, then bisection) never leaves it.
+    initial_const: float = param(1e5, gt=0, doc="the first constant c of the binary search")
+    abort_early: bool = param(True, doc="stop a binary-search step whose loss stopped falling")
+    abort: str = param("sample", choices=("sample", "batch"),
+                       doc="early abort per sample, or per batch (the released code's; see the module docstring)")
+    repeat_at_upper: bool = param(True, doc="C&W: the last of >= 10 steps runs at the upper bound")
 
 
 def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):

@@ -25,23 +25,20 @@ from dataclasses import dataclass
 import torch
 
 from engine.attacks.driver import finalize, jacobian
-from engine.attacks.registry import AttackConfig, AttackSpec, Passes, register
-from engine.errors import UserError
+from engine.attacks.registry import MAX_ITERATIONS, AttackConfig, AttackSpec, Passes, register
+from engine.config import param
 
 
 @dataclass(frozen=True, kw_only=True)
 class MLDPConfig(AttackConfig):
-    iterations: int = 20
-    overshoot: float = 0.02
-    tie_break: str = "perturbation"  # perturbation | image (the released code's)
-    accumulate: str = "float32"  # float32 | float64 (the released code's r_total)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.tie_break not in ("perturbation", "image"):
-            raise UserError(f"tie_break must be perturbation or image, got {self.tie_break!r}")
-        if self.accumulate not in ("float32", "float64"):
-            raise UserError(f"accumulate must be float32 or float64, got {self.accumulate!r}")
+    iterations: int = param(20, ge=1, le=MAX_ITERATIONS, doc="iterations")
+    # DeepFool's overshoot (Moosavi-Dezfooli et al. 2016) scales the accumulated step by 1 + overshoot
+    # to cross the linearised boundary instead of landing on it: negative would stop short of it.
+    overshoot: float = param(0.02, ge=0, doc="the accumulated step is scaled by 1 + overshoot")
+    tie_break: str = param("perturbation", choices=("perturbation", "image"),
+                           doc="equal label counts: the smaller perturbation, or the smaller image (the code's)")
+    accumulate: str = param("float32", choices=("float32", "float64"),
+                            doc="precision of the accumulated step (float64: the released code's)")
 
 
 def _matched(logits: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.config import COCO_SOURCES
 from engine.data.base import ImageListDataset, SkipReport
 from engine.data.split import NO_ANNOTATIONS, Record, build, check_split
 from engine.errors import UserError
@@ -75,7 +76,7 @@ COCO_CATEGORIES: dict[int, str] = {
 LABEL_NAMES: tuple[str, ...] = tuple(sorted(COCO_CATEGORIES.values()))  # ML-GCN's order
 SPLITS = ("train2014", "val2014", "train", "val")
 _ALIASES = {"train": "train2014", "val": "val2014"}
-SOURCES = ("auto", "instances", "mlgcn")
+SOURCES = COCO_SOURCES  # (declared with the CLI's choices, torch-free)
 CATEGORY_FILE = "category.json"  # ML-GCN's name -> label column map
 
 # Fields each section's entries must have, with their JSON types.

@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.config import VOC_DIFFICULT, VOC_SOURCES
 from engine.data.base import ImageListDataset
 from engine.data.split import STUDY_SPLITS, Record, build, check_split, select_study
 from engine.errors import UserError
@@ -80,8 +81,8 @@ SPLITS = {
     2007: ("trainval", "test", "train", "val"),
     2012: (*STUDY_SPLITS, "train", "val", "trainval"),
 }
-DIFFICULT = ("positive", "negative")
-SOURCES = ("auto", "csv", "txt", "xml")
+DIFFICULT = VOC_DIFFICULT
+SOURCES = VOC_SOURCES  # (declared with the CLI's choices, torch-free)
 _VALUES = {"-1": -1, "0": 0, "1": 1}
 
 

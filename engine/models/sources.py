@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from engine import data as datasets
+from engine.config import OUTPUTS
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
 from engine.models import checkpoints, from_checkpoint
@@ -51,7 +52,6 @@ from engine.util import file_digest
 log = logging.getLogger(__name__)
 
 OWN = ("factory", "torchscript", "torchvision")  # the kinds of own model; none of them: our checkpoint
-OUTPUTS = ("logits", "probabilities")
 KEYS = (*OWN, "label_names", "output", "input_size")  # what a source dict may hold
 PROB_EPS = 1e-6
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

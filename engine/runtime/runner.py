@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from engine import attacks, protocol, results
+from engine.config import COMPILE_MODES
 from engine.device import check_device
 from engine.errors import UserError
 from engine.results import attrs
@@ -58,8 +59,8 @@ def use_compile(flag: str | bool, device: str) -> bool:
     """``--compile on|off|auto``: auto compiles on CUDA; on CPU eager wins (see the README's bench)."""
     if isinstance(flag, bool):
         return flag
-    if flag not in ("on", "off", "auto"):
-        raise UserError(f"unknown --compile value {flag!r}; valid: on, off, auto")
+    if flag not in COMPILE_MODES:
+        raise UserError(f"unknown --compile value {flag!r}; valid: {', '.join(COMPILE_MODES)}")
     return flag == "on" or (flag == "auto" and torch.device(device).type == "cuda")
 
 

@@ -11,63 +11,43 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import attacks, protocol
-from engine.attacks.registry import AttackConfig, AttackSpec
-from engine.config import Config
-from engine.errors import UserError
+from engine.attacks.registry import AttackConfig, AttackSpec, preset_values
+from engine.config import RunConfig
+from engine.errors import UserError, keyed
 from engine.results.format import run_key
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSpec(Config):
-    """One run: an attack and preset (with ``params`` on top), a target and the protocol's knobs.
+class RunSpec(RunConfig):
+    """One run: an attack and preset (with ``params`` on top), a target and the protocol's knobs
+    (the fields, each with its range, are engine.config.RunConfig's).
 
     A run made by ``sml attack`` and the same run made by a sweep are the same run (same group,
     same fingerprint, same rows). The protocol fields are the sweep file's ``[protocol]`` keys.
     """
 
-    attack: str
-    preset: str = "paper"
-    target: str = "show-many"
-    target_label: Any = None
-    params: dict[str, Any] = field(default_factory=dict)
-    # None: the preset's protocol default (AttackSpec.default_samples; else, under ``released``, the
-    # code's count for the (model, data set): engine.protocol.RELEASED_CELLS; else 1000)
-    n: int | None = None
-    seed: int = 0
-    order: str | None = None  # seeded | first; None: the preset's (released: first, else seeded)
-    rounding: str | None = None  # ceil | floor (expLabels); None: the preset's (released: floor, else ceil)
-    chunk_size: int = 100  # samples per shard = per stored chunk: the unit of resume and of scheduling
-    batch_size: int = 0  # 0: automatic; never depends on who runs the shard
-    early_exit: bool = False
-    exit_every: int = 4
-    save_adv: bool = False
     # Resolved by validate(), once; derived, so not part of the spec's identity or its dict.
     spec: AttackSpec = field(init=False, repr=False, compare=False)
     config: AttackConfig = field(init=False, repr=False, compare=False)
     n_requested: int = field(init=False, repr=False, compare=False)
 
     def validate(self) -> None:
-        spec = attacks.get(self.attack)
-        cfg = attacks.make_config(spec.name, self.preset, **(self.params or {}))
+        # Names checked against the registries; an error's key is the field at fault (params.eps).
+        with keyed("attack"):
+            spec = attacks.get(self.attack)
+        with keyed("preset"):
+            base = preset_values(spec, self.preset)
+        with keyed("params"):
+            cfg = spec.config.from_dict({**base, **(self.params or {})}, where=f"attack {spec.name}")
         if self.target not in attacks.targets.names():
-            raise UserError(f"unknown target {self.target!r}; valid: {', '.join(attacks.targets.names())}")
+            raise UserError(f"unknown target {self.target!r}; valid: {', '.join(attacks.targets.names())}",
+                            key="target")
         if self.target in attacks.targets.NEEDS_LABEL and self.target_label is None:
-            raise UserError(f"target {self.target} needs target_label = a label index or name")
+            raise UserError(f"target {self.target} needs target_label = a label index or name", key="target_label")
         rules = protocol.rules(self.preset)
         # Resolved here, so that the stored spec, the fingerprint and the report name the rule used.
         object.__setattr__(self, "order", rules.order if self.order is None else self.order)
         object.__setattr__(self, "rounding", rules.rounding if self.rounding is None else self.rounding)
-        if self.order not in protocol.ORDERS:
-            raise UserError(f"unknown order {self.order!r}; valid: {', '.join(protocol.ORDERS)}")
-        if self.rounding not in protocol.ROUNDINGS:
-            raise UserError(f"unknown rounding {self.rounding!r}; valid: {', '.join(protocol.ROUNDINGS)}")
-        # Upper bounds a real run never reaches: past them a typo (n = 1e9, batch_size = 10**6) would
-        # allocate or loop for hours before failing, so it is refused here, in one line.
-        for name, lo, hi in (("n", 1, 10**7), ("chunk_size", 1, 10**6), ("batch_size", 0, 65536),
-                             ("exit_every", 1, 10**6), ("seed", 0, 2**63 - 1)):
-            v = getattr(self, name)
-            if v is not None and not lo <= v <= hi:
-                raise UserError(f"{name} must be in {lo}..{hi}, got {v}")
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "config", cfg)
         object.__setattr__(self, "n_requested", self.n if self.n is not None else

@@ -8,9 +8,9 @@ file, never from the pool size) and every random choice is seeded per sample. A 
 after a crash overwrites its own rows with the same bytes; a finished shard (done flag set) is
 never run again, so resuming is just running the same command again.
 
-Rooms: ``sweepfile`` (schema, line numbers), ``record`` (fingerprint, stored record, status),
-``worker`` (the actor), ``backends`` (in-process or Ray; cluster connection; pool sizes),
-``scheduler`` (queues, retries, ``run_sweep``).
+Rooms: ``sweepfile`` (schema), ``locate`` (errors at their line), ``record`` (fingerprint, stored
+record, status), ``worker`` (the actor), ``backends`` (in-process or Ray; cluster connection; pool
+sizes), ``scheduler`` (queues, retries, ``run_sweep``).
 """
 
 from engine.runtime.sweep.backends import plan_pools

@@ -1,9 +1,10 @@
 """The sweep file: its schema, derived from the config dataclasses, and errors that name the line.
 
 A sweep file (TOML) names the grid -- every [[model]] x every [[attack]] x its presets x its
-targets. Each table is checked against the dataclass it becomes (``SweepSettings``, ``RunSpec``
-for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those classes'
-``validate``; this module only finds the line of the key an error names (tomllib gives none)::
+targets. Each table is checked against the dataclass it becomes (``SweepSettings``,
+``ProtocolConfig`` for [protocol], ``RunSpec`` for [[attack]], ``ModelEntry``): the values' rules
+live in those classes' field declarations and ``validate``; an error's ``key`` says which key to
+blame, and engine.runtime.sweep.locate finds its line (tomllib gives none)::
 
     [sweep]                  # optional
     name = "paper"           # label shown in the progress bar and the status (default: file stem)
@@ -58,18 +59,18 @@ for [protocol] and [[attack]], ``ModelEntry``): the values' rules live in those 
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import attacks
 from engine import data as data_mod
-from engine.config import TYPE_NAMES, Config, is_a, read_toml
-from engine.errors import UserError
+from engine.config import ANNOTATIONS, OUTPUTS, TYPE_NAMES, Config, ProtocolConfig, is_a, param, read_toml
+from engine.errors import UserError, keyed
 from engine.models import sources
 from engine.results.format import check_name
 from engine.runtime.runspec import RunSpec
+from engine.runtime.sweep.locate import Checker
 
 DEVICES = ("auto", "cpu", "cuda")
 TABLES = {"sweep": "[sweep]", "protocol": "[protocol]", "model": "[[model]]", "attack": "[[attack]]"}
@@ -79,28 +80,22 @@ TABLES = {"sweep": "[sweep]", "protocol": "[protocol]", "model": "[[model]]", "a
 class SweepSettings(Config):
     """The [sweep] table."""
 
-    name: str | None = None
-    base: str = ".."
-    device: str = "auto"
-    cpu_attacks: tuple[str, ...] | None = None  # None: every attack whose spec says cpu_bound
-    cpu_actor_cpus: int = 4
-    placement_timeout: float = 60.0
-    max_runs: int = 256  # more runs than this (grids multiply fast) need --yes
+    name: str | None = param(None, doc="label shown in the progress bar and the status (default: the file's stem)")
+    base: str = param("..", doc="folder relative paths resolve against, itself relative to the sweep file's folder")
+    device: str = param("auto", choices=DEVICES, doc="auto: cuda on GPU actors, else cpu")
+    cpu_attacks: tuple[str, ...] | None = param(None, doc="attacks whose shards go to CPU-only actors on GPU "
+                                                          "clusters (default: every attack whose spec says cpu_bound)")
+    cpu_actor_cpus: int = param(4, ge=1, doc="CPUs per CPU-only actor (= its solver worker processes)")
+    placement_timeout: float = param(60.0, gt=0, doc="seconds an actor may wait to be placed before the sweep goes "
+                                                     "on without it")
+    max_runs: int = param(256, ge=1, doc="more runs than this (grids multiply fast) need --yes")
 
     def validate(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
         names = attacks.registry.cpu_bound() if self.cpu_attacks is None else self.cpu_attacks
         try:
             object.__setattr__(self, "cpu_attacks", tuple(attacks.get(str(a)).name for a in names))
         except UserError as e:
-            raise UserError(f"cpu_attacks: {e}") from None
-        if self.cpu_actor_cpus < 1:
-            raise UserError(f"cpu_actor_cpus must be >= 1, got {self.cpu_actor_cpus}")
-        if self.max_runs < 1:
-            raise UserError(f"max_runs must be >= 1, got {self.max_runs}")
-        if not 0 < self.placement_timeout < float("inf"):
-            raise UserError(f"placement_timeout must be a positive number of seconds, got {self.placement_timeout}")
+            raise UserError(f"cpu_attacks: {e}", key="cpu_attacks") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,26 +108,29 @@ class ModelEntry(Config):
     torchscript: str | None = None  # a torch.jit.save file
     torchvision: str | None = None  # an architecture name, its state dict in checkpoint
     label_names: str | list[str] | None = None  # a file (one per line) or a list
-    output: str = "logits"  # logits | probabilities
-    input_size: int | None = None  # None: the model's input_size attribute, else the data set's default
+    output: str = param("logits", choices=OUTPUTS, doc="what your model returns")
+    input_size: int | None = param(None, ge=1, doc="input size in px (default: the model's input_size "
+                                                   "attribute, else the data set's)")
     key: str | None = None  # None: the checkpoint's (torchscript file's) stem, or the factory spec
     dataset: str | None = None
     root: str | None = None
     split: str | None = None
-    annotations: str = "auto"  # which annotation files (VOC csv | txt | xml, COCO instances | mlgcn)
+    annotations: str = param("auto", choices=ANNOTATIONS, doc="which annotation files (VOC csv | txt | xml, "
+                                                              "COCO instances | mlgcn); auto: whichever is found")
     options: dict[str, Any] = field(default_factory=dict)  # the loader's keywords, e.g. difficult = "negative"
 
     def validate(self) -> None:
         sources.check(self.checkpoint, self.own_model())
         if self.key is None:
             object.__setattr__(self, "key", sources.default_key(self.checkpoint, self.own_model()))
-        check_name(self.key, "key")
+        with keyed("key"):
+            check_name(self.key, "key")
         # Keys with a place of their own in [[model]] (or none): naming them twice would be ambiguous.
         own = {"source": "; use annotations = ...", "root": "; use root = ...", "split": "; use split = ...",
                "allow_missing": "", "size": ""}
         for k in own:
             if k in self.options:
-                raise UserError(f"options: {k!r} is not a loader option here{own[k]}")
+                raise UserError(f"options: {k!r} is not a loader option here{own[k]}", key="options")
 
     def own_model(self) -> dict[str, Any] | None:
         """Your own model's keys for engine.models.sources; None for a checkpoint of ours (as before)."""
@@ -146,13 +144,11 @@ class ModelEntry(Config):
         return {**self.options, **({"source": self.annotations} if self.annotations != "auto" else {})}
 
 
-# [protocol]: every RunSpec field but those naming what is attacked and how, so a new protocol
-# field is a sweep-file key at once. [[attack]]: a RunSpec whose attack is called name, with lists
-# of presets and targets.
-PROTOCOL_KEYS = tuple(k for k in RunSpec.schema() if k not in ("attack", "preset", "target", "target_label", "params"))
-ATTACK_SCHEMA = {"name": str, "preset": str, "presets": list, "target": str, "targets": list,
-                 **{k: t for k, t in RunSpec.schema().items() if k not in ("attack", "preset", "target")}}
-PROTOCOL_SCHEMA = {k: RunSpec.schema()[k] for k in PROTOCOL_KEYS}
+# [protocol]: a ProtocolConfig, so a new protocol field is a sweep-file key at once. [[attack]]: a
+# RunSpec whose attack is called name, with lists of presets and targets (the table's own keys).
+PROTOCOL_KEYS = tuple(ProtocolConfig.field_names())
+ATTACK_OWN = {"name": str, "presets": list, "targets": list}
+ATTACK_KEYS = (*ATTACK_OWN, *(k for k in RunSpec.field_names() if k != "attack"))
 
 
 @dataclass(frozen=True)
@@ -184,97 +180,6 @@ class Sweep:
         return self.settings.cpu_actor_cpus
 
 
-class _Locator:
-    """Line numbers for keys of a TOML text (tomllib gives none): search the raw text, good enough."""
-
-    HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(#.*)?$")
-
-    def __init__(self, text: str):
-        self.lines = text.splitlines()
-        self.headers: list[tuple[int, str]] = []  # (0-based line, table name)
-        for i, ln in enumerate(self.lines):
-            m = self.HEADER.match(ln)
-            if m:
-                self.headers.append((i, m.group(2).strip().strip("\"'")))
-
-    def section(self, table: str | None, index: int | None = None) -> tuple[int, int]:
-        """(first, end) 0-based line range of the index-th occurrence of ``table`` (None: the top)."""
-        if table is None:
-            return 0, self.headers[0][0] if self.headers else len(self.lines)
-        hits = [k for k, (_, name) in enumerate(self.headers) if name == table]
-        if not hits:
-            return 0, len(self.lines)
-        k = hits[min(index or 0, len(hits) - 1)]
-        end = self.headers[k + 1][0] if k + 1 < len(self.headers) else len(self.lines)
-        return self.headers[k][0], end
-
-    def table_line(self, table: str, index: int | None = None) -> int | None:
-        hits = [i for i, name in self.headers if name == table]
-        if not hits:
-            return None
-        return hits[min(index or 0, len(hits) - 1)] + 1
-
-    def key_line(self, key: str, table: str | None = None, index: int | None = None) -> int | None:
-        lo, hi = self.section(table, index)
-        pat = re.compile(rf"(^|[{{,\s])[\"']?{re.escape(key)}[\"']?\s*=")
-        for i in range(lo, hi):
-            code = self.lines[i].split("#", 1)[0]
-            if pat.search(code):
-                return i + 1
-        return self.table_line(table, index) if table else None
-
-
-def _named_key(msg: str, keys) -> str | None:
-    """The key an error message is about: the one it names first (as a whole word)."""
-    hits = [(m.start(), k) for k in keys for m in [re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", msg)] if m]
-    return min(hits)[1] if hits else None
-
-
-class _Checker:
-    """Turns the config classes' errors into ``file:line: message``."""
-
-    def __init__(self, path: str, text: str):
-        self.path, self.loc = path, _Locator(text)
-
-    def fail(self, msg: str, line: int | None) -> None:
-        raise UserError(f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}")
-
-    def keys(self, data: dict, schema: dict, where: str, table: str, index: int | None = None,
-             required: tuple[str, str] | None = None) -> int | None:
-        """Unknown keys, values of the wrong type, the ``required`` (key, what to write) key.
-        Returns the table's line."""
-        for k in data:
-            if k not in schema:
-                self.fail(f"unknown key {k!r} in {where}; allowed: {', '.join(schema)}",
-                          self.loc.key_line(k, table, index))
-        for k, v in data.items():
-            t = schema[k]
-            if not is_a(v, t):
-                self.fail(f"{where} {k} must be {TYPE_NAMES[t]}, got {v!r}", self.loc.key_line(k, table, index))
-        line = self.loc.table_line(table, index)
-        if required is not None and required[0] not in data:
-            self.fail(f"{where} needs {required[0]} = {required[1]}", line)
-        return line
-
-    def build(self, cls: type[Config], values: dict, where: str, places: list[tuple[dict, str, int | None]],
-              line: int | None):
-        """``cls.from_dict(values)``; an error is reported at the key it names, looked up in ``places``
-        ((table data, table name, index) in order), else at ``line``."""
-        try:
-            return cls.from_dict(values)
-        except UserError as e:
-            msg = str(e)
-            for data, table, index in places:
-                k = _named_key(msg, list(data) + list(data.get("params", {}) if table == "attack" else []))
-                if k is not None:
-                    self.fail(f"{where}: {msg}", self.loc.key_line(k, table, index))
-            self.fail(f"{where}: {msg}", line)
-
-    def choice(self, value: Any, allowed, what: str, line: int | None, of: str = "") -> None:
-        if value not in allowed:
-            self.fail(f"unknown {what} {value!r}{of}; allowed: {', '.join(map(str, allowed))}", line)
-
-
 def load_sweep(path: str | Path, *, datasets: list[str] | None = None, check_files: bool = True,
                yes: bool = False) -> Sweep:
     """Read and strictly validate a sweep file; relative paths resolve against ``[sweep] base``.
@@ -289,7 +194,7 @@ def load_sweep(path: str | Path, *, datasets: list[str] | None = None, check_fil
 
 def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None = None,
                 check_files: bool = True, yes: bool = False) -> Sweep:
-    ck = _Checker(str(path), text)
+    ck = Checker(str(path), text)
     loc = ck.loc
     for k in data:
         if k not in TABLES:
@@ -303,18 +208,15 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
             ck.fail(f"{k} must be an array of tables [[{k}]]", loc.key_line(k, None) or loc.table_line(k))
 
     meta = data.get("sweep", {})
-    line = ck.keys(meta, SweepSettings.schema(), "[sweep]", "sweep")
-    settings = ck.build(SweepSettings, meta, "[sweep]", [(meta, "sweep", None)], line)
+    settings = ck.build(SweepSettings, meta, "[sweep]", [(meta, "sweep", None)], loc.table_line("sweep"))
     base = (path.parent / Path(settings.base).expanduser()).resolve()
 
-    def resolve(value: str | None) -> str | None:
-        if value is None:
-            return None
+    def resolve(value: str) -> str:
         q = Path(value).expanduser()
         return str(q if q.is_absolute() else (base / q).resolve())
 
     proto = data.get("protocol", {})
-    ck.keys(proto, PROTOCOL_SCHEMA, "[protocol]", "protocol")
+    ck.build(ProtocolConfig, proto, "[protocol]", [(proto, "protocol", None)], loc.table_line("protocol"))
     models = _models(ck, data.get("model", []), resolve, datasets, check_files)
     runs = _attacks(ck, data.get("attack", []), proto)
     entries = [RunEntry(model=mi, spec=rs, line=line) for mi in range(len(models)) for rs, line in runs]
@@ -326,7 +228,7 @@ def parse_sweep(data: dict, text: str, path: Path, *, datasets: list[str] | None
                  settings=settings)
 
 
-def _models(ck: _Checker, tables: list[dict], resolve, datasets: list[str] | None,
+def _models(ck: Checker, tables: list[dict], resolve, datasets: list[str] | None,
             check_files: bool) -> list[ModelEntry]:
     loc = ck.loc
     known_ds = list(datasets) if datasets is not None else data_mod.names()
@@ -334,18 +236,15 @@ def _models(ck: _Checker, tables: list[dict], resolve, datasets: list[str] | Non
     seen: dict[tuple, int] = {}
     for i, m in enumerate(tables):
         where = f"[[model]] #{i + 1}"
-        line = ck.keys(m, ModelEntry.schema(), where, "model", i)
-        if not any(m.get(k) for k in ("checkpoint", *sources.OWN)):
-            ck.fail(f'{where} needs checkpoint = "path/to/model.pt" (or your own model: factory = "module:function", '
-                    f'torchscript = "file" or torchvision = "arch" with a checkpoint)', line)
-        paths = {k: resolve(m.get(k)) for k in ("checkpoint", "torchscript", "root")}
-        if isinstance(m.get("label_names"), str):
-            paths["label_names"] = resolve(m["label_names"])
+        line = loc.table_line("model", i)
+        paths = {k: resolve(m[k]) for k in ("checkpoint", "torchscript", "root", "label_names")
+                 if isinstance(m.get(k), str)}
         entry = ck.build(ModelEntry, {**m, **paths}, where, [(m, "model", i)], line)
         if check_files:
             _model_files(ck, entry, where, i)
-        if entry.dataset is not None:
-            ck.choice(entry.dataset, known_ds, "dataset", loc.key_line("dataset", "model", i))
+        if entry.dataset is not None and entry.dataset not in known_ds:
+            ck.fail(f"unknown dataset {entry.dataset!r}; valid: {', '.join(known_ds)}",
+                    loc.key_line("dataset", "model", i))
         ident = (entry.key, entry.dataset, entry.split)
         if ident in seen:
             ck.fail(f"{where} repeats [[model]] #{seen[ident] + 1} (same key {entry.key!r}, dataset and split); "
@@ -357,7 +256,7 @@ def _models(ck: _Checker, tables: list[dict], resolve, datasets: list[str] | Non
     return models
 
 
-def _model_files(ck: _Checker, entry: ModelEntry, where: str, i: int) -> None:
+def _model_files(ck: Checker, entry: ModelEntry, where: str, i: int) -> None:
     """The model's files exist and a factory's module imports here, in the driver (each actor
     imports it again before its first job: engine.runtime.sweep.worker)."""
     for k in ("checkpoint", "torchscript", "label_names"):
@@ -365,55 +264,64 @@ def _model_files(ck: _Checker, entry: ModelEntry, where: str, i: int) -> None:
         if isinstance(v, str) and not Path(v).is_file():
             ck.fail(f"{where}: {k} {v} not found", ck.loc.key_line(k, "model", i))
     if entry.factory is not None:
-        try:
+        with ck.reporting(where, [], ck.loc.key_line("factory", "model", i)):
             sources.import_factory(entry.factory)
-        except UserError as e:
-            ck.fail(f"{where}: {e}", ck.loc.key_line("factory", "model", i))
 
 
-def _attacks(ck: _Checker, tables: list[dict], proto: dict) -> list[tuple[RunSpec, int | None]]:
-    loc = ck.loc
-    known = attacks.names()
+def _attack_table(ck: Checker, a: dict, where: str, i: int) -> None:
+    """The [[attack]] table's keys: each one known, the table's own of the right type, a name."""
+    for k, v in a.items():
+        if k not in ATTACK_KEYS:
+            ck.fail(f"{where}: unknown key {k!r}; valid: {', '.join(ATTACK_KEYS)}", ck.loc.key_line(k, "attack", i))
+        if k in ATTACK_OWN and not is_a(v, ATTACK_OWN[k]):
+            ck.fail(f"{where}: {k} must be {TYPE_NAMES[ATTACK_OWN[k]]}, got {v!r}", ck.loc.key_line(k, "attack", i))
+    if "name" not in a:
+        ck.fail(f"{where} needs name = one of: {', '.join(attacks.names())}", ck.loc.table_line("attack", i))
+    for one, many in (("preset", "presets"), ("target", "targets")):
+        if one in a and many in a:
+            ck.fail(f"{where}: give either {one} or {many}, not both", ck.loc.key_line(many, "attack", i))
+
+
+def _attacks(ck: Checker, tables: list[dict], proto: dict) -> list[tuple[RunSpec, int | None]]:
     out: list[tuple[RunSpec, int | None]] = []
     seen: dict[str, int] = {}
     for i, a in enumerate(tables):
         where = f"[[attack]] #{i + 1}"
-        line = ck.keys(a, ATTACK_SCHEMA, where, "attack", i, required=("name", f"one of: {', '.join(known)}"))
-        name = attacks.registry.ALIASES.get(a["name"].lower(), a["name"].lower())
-        ck.choice(name, known, "attack", loc.key_line("name", "attack", i))
-        spec = attacks.get(name)
-        where = f"{where} ({name})"
-        for one, many in (("preset", "presets"), ("target", "targets")):
-            if one in a and many in a:
-                ck.fail(f"{where}: give either {one} or {many}, not both", loc.key_line(many, "attack", i))
-        presets = a.get("presets", [a["preset"]] if "preset" in a else ["paper"])
-        targets = a.get("targets", [a["target"]] if "target" in a else ["show-many"])
-        for pr in presets:
-            ck.choice(pr, list(spec.presets), "preset",
-                      loc.key_line("presets" if "presets" in a else "preset", "attack", i), of=f" for {name}")
-        for tg in targets:
-            ck.choice(tg, attacks.targets.names(), "target",
-                      loc.key_line("targets" if "targets" in a else "target", "attack", i))
-        common = {k: a[k] if k in a else proto[k] for k in PROTOCOL_KEYS if k in a or k in proto}
+        line = ck.loc.table_line("attack", i)
+        _attack_table(ck, a, where, i)
+        # RunSpec's errors name its fields; these are written under other keys in the table.
+        rename = {"attack": "name", "preset": "presets" if "presets" in a else "preset",
+                  "target": "targets" if "targets" in a else "target"}
+        places = [(a, "attack", i), (proto, "protocol", None)]
+        with ck.reporting(where, places, line, rename), keyed("attack"):
+            spec = attacks.get(a["name"])
+        where = f"{where} ({spec.name})"
+        presets = a.get("presets", [a.get("preset", RunSpec.default_of("preset"))])
+        targets = a.get("targets", [a.get("target", RunSpec.default_of("target"))])
+        common = {**proto, **{k: a[k] for k in PROTOCOL_KEYS if k in a}}
         for pr in presets:
             for tg in targets:
                 for params in _grid(ck, spec, a.get("params", {}), where, i):
-                    values = {**common, "attack": name, "preset": pr, "target": tg, "params": params,
+                    values = {**common, "attack": spec.name, "preset": pr, "target": tg, "params": params,
                               "target_label": a.get("target_label")}
-                    rs = ck.build(RunSpec, values, where, [(a, "attack", i), (proto, "protocol", None)], line)
+                    rs = ck.build(RunSpec, values, where, places, line, rename)
                     if rs.key in seen:
                         ck.fail(f"{where} repeats run {rs.key!r} of [[attack]] #{seen[rs.key] + 1}; change its "
                                 f"preset, target, target_label or params", line)
                     seen[rs.key] = i
                     out.append((rs, line))
     if not out:
-        ck.fail(f"no [[attack]] tables: a sweep needs at least one attack (one of: {', '.join(known)})", None)
+        ck.fail(f"no [[attack]] tables: a sweep needs at least one attack (one of: {', '.join(attacks.names())})",
+                None)
     return out
 
 
-def _grid(ck: _Checker, spec, params: dict, where: str, index: int) -> list[dict]:
+def _grid(ck: Checker, spec, params: Any, where: str, index: int) -> list[Any]:
     """The parameter sets of one [[attack]]: a list where the parameter takes one value is an axis,
-    and the axes' cartesian product is the runs (first key outermost, as the file lists them)."""
+    and the axes' cartesian product is the runs (first key outermost, as the file lists them).
+    Anything but a table is passed on as it is, for RunSpec to refuse."""
+    if not isinstance(params, dict):
+        return [params]
     schema = spec.config.schema()
     axes: dict[str, list] = {}
     for k, v in params.items():
