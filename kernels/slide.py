@@ -213,7 +213,7 @@ def chunking(B: int, D: int) -> tuple[int, int]:
     return chunk, triton.cdiv(D, chunk)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str = "exact", out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
     """Triton launcher; same contract as kernels.reference.slide_step."""
     check_same_shape(x, x0, grad)
     if projection not in _PROJECTIONS:
