@@ -1,13 +1,16 @@
 """The six AdverTorch-style gradient attacks (FGSM, FGM, BIM, PGD, SLIDE, MI-FGSM).
 
 Each contributes a config, presets, an optional initialiser and one ``step``; the shared driver
-(engine.attacks.driver) runs the loop. Semantics follow AdverTorch 0.2.3 (GradientSignAttack,
-GradientAttack, LinfBasicIterativeAttack, LinfPGDAttack, SparseL1DescentAttack,
-MomentumIterativeAttack) in their targeted form: minimise L(y*, f(x)), clip to [0, 1] after every
-step. The update arithmetic is the fused step of kernels.dispatch (Triton on CUDA, torch elsewhere).
+(engine.attacks.driver) runs the loop. Semantics follow AdverTorch 0.2.3 (github.com/BorealisAI/advertorch:
+GradientSignAttack and GradientAttack in advertorch/attacks/one_step_gradient.py; LinfBasicIterativeAttack,
+LinfPGDAttack, SparseL1DescentAttack and MomentumIterativeAttack in iterative_projected_gradient.py) in
+their targeted form: minimise L(y*, f(x)), clip to [0, 1] after every step. The update arithmetic is the
+fused step of kernels.dispatch (Triton on CUDA, torch elsewhere).
 
-Presets. ``paper`` = the study's Sec. 5.1; ``released`` = the study's released code (see
-../shared/REFERENCES.md). The text is ambiguous about what its "epsilon" is for BIM, PGD and
+Presets. ``paper`` = the study's Sec. 5.1; ``released`` = the values the study's released code passes
+to AdverTorch (one commit, 2024-09:
+github.com/liuyujiang123/Showing-Many-Labels-in-Multi-label-Classification-Models-An-Empirical-Study-of-Adversarial-Examples).
+The text is ambiguous about what its "epsilon" is for BIM, PGD and
 MI-FGSM. We read it as the *step* (alpha), because the text's own update rules (Eqs. 6-8) write
 epsilon as the step, and because the released MI-FGSM (bound 0.3, step 0.01) matches the text's
 "epsilon 0.01" only under that reading. The bound is then AdverTorch's default for that class,
