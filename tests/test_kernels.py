@@ -558,7 +558,8 @@ def test_tri_slide_gpu_tiles(tk, monkeypatch):
     assert nb >= 3 and 1479 % chunk, (chunk, nb)
     x, x0, g = make_inputs((2, 3, 17, 29), 16)
     torch.testing.assert_close(
-        mod.slide_step(x, x0, g, 1.0, 1.5, 0.95, "exact"), R.slide_step(x, x0, g, 1.0, 1.5, 0.95, "exact"), rtol=0, atol=1e-6
+        mod.slide_step(x, x0, g, 1.0, 1.5, 0.95, "exact"), R.slide_step(x, x0, g, 1.0, 1.5, 0.95, "exact"), rtol=0,
+        atol=1e-6,
     )
 
 
