@@ -20,6 +20,9 @@ are Python floats, attacks minimise so steps go against the gradient):
   largest |g| (all ties at the k-th value, never zeros), step along their
   L1-normalised signs, then project onto {||delta||_1 <= eps} intersected with
   the [0,1] box ("exact") or onto the L1 ball then clamp ("advertorch").
+  ``projection`` has no default here, nor in kernels.reference and kernels.slide: the attack's
+  config (engine.attacks.gradient.SLIDEConfig, "advertorch", the study's tool) is the one place
+  that chooses it, so no caller can get the other projection by leaving the argument out.
 
 On CPU these wrappers trace into a single graph under torch.compile (dynamo
 folds the environment lookup into a guard), so the engine may compile either
@@ -115,7 +118,7 @@ def mifgsm_step(x, x0, grad, momentum, step: float, eps: float, decay: float, ou
     return fn(x, x0, grad, momentum, step, eps, decay, out=out, momentum_out=momentum_out)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str = "exact", out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
     if _use_triton(x):
         fn = _launcher("slide", "slide_step")
     else:

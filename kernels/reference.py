@@ -189,7 +189,7 @@ def _l1_threshold(av: torch.Tensor, cap: torch.Tensor | None, eps: float) -> tor
     return torch.where(outside, t + 1, 0).view(torch.float32)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str = "exact", out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
     """SLIDE / sparse L1 descent step (Tramer & Boneh), see module docs of kernels.dispatch."""
     check_same_shape(x, x0, grad)
     if projection not in _PROJECTIONS:

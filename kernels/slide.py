@@ -87,6 +87,14 @@ def _decide(part_ptr, state_ptr, b, B, NB, p, col, limit, ACC: tl.constexpr, PBL
 
 
 @triton.jit
+def _chunk(b, blk, D, CHUNK):
+    """(base, lo, hi): sample b starts at offset base (int64: B * D may pass 2^31); program blk of the
+    sample's grid row covers its elements [lo, hi)."""
+    lo = blk * CHUNK
+    return b.to(tl.int64) * D, lo, tl.minimum(lo + CHUNK, D)
+
+
+@triton.jit
 def _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK: tl.constexpr):
     """(thr, inv): selected entries have |g| bits >= thr; e = +-inv on them.  Needs all 8 tau passes.
 
@@ -129,9 +137,7 @@ def _tau_pass_kernel(g_ptr, cpart_ptr, state_ptr, B, D, NB, CHUNK, k, p, BLOCK: 
     if blk == 0:
         tl.store(state_ptr + b * 2 * _NP + p, prefix)
     _, _, cand = _candidates(prefix, p, lanes)
-    base = b.to(tl.int64) * D
-    lo = blk * CHUNK
-    hi = tl.minimum(lo + CHUNK, D)
+    base, lo, hi = _chunk(b, blk, D, CHUNK)
     cnt = tl.zeros([16], dtype=tl.int32)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -160,9 +166,7 @@ def _theta_pass_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, B,
         tl.store(state_ptr + b * 2 * _NP + _NP + p, lt)
     _, valid, cand = _candidates(lt, p, lanes)
     theta_c = cand.to(tl.float32, bitcast=True)
-    base = b.to(tl.int64) * D
-    lo = blk * CHUNK
-    hi = tl.minimum(lo + CHUNK, D)
+    base, lo, hi = _chunk(b, blk, D, CHUNK)
     mass = tl.zeros([16], dtype=tl.float32)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -189,9 +193,7 @@ def _slide_write_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, o
     mass0 = _totals(mpart_ptr, b.to(tl.int64) * NB, NB, tl.float32, PBLOCK)
     outside = tl.sum(tl.where(tl.arange(0, 16) == 0, mass0, 0.0), axis=0) > eps
     theta = tl.where(outside, lt + 1, 0).to(tl.float32, bitcast=True)
-    base = b.to(tl.int64) * D
-    lo = blk * CHUNK
-    hi = tl.minimum(lo + CHUNK, D)
+    base, lo, hi = _chunk(b, blk, D, CHUNK)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         m = offs < hi
@@ -213,7 +215,7 @@ def chunking(B: int, D: int) -> tuple[int, int]:
     return chunk, triton.cdiv(D, chunk)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str = "exact", out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
     """Triton launcher; same contract as kernels.reference.slide_step."""
     check_same_shape(x, x0, grad)
     if projection not in _PROJECTIONS:

@@ -12,16 +12,6 @@ from engine import attacks, data, models, protocol
 from engine.attacks import targets
 from engine.errors import UserError
 
-# Small budgets keep the suite fast; semantics are the presets', only shortened. FGM gets a larger L2
-# budget: one step of 1.0 on a 3x20x20 image (0.03 per pixel) need not add a label to the tiny model
-# that this machine happens to train (it did not, on one CPU).
-FAST = {
-    "fgsm": {}, "fgm": {"eps": 3.0}, "bim": {"iterations": 10, "step": 0.01}, "pgd": {"iterations": 10, "step": 0.02},
-    "slide": {"iterations": 10, "step": 50.0}, "mifgsm": {"iterations": 10},
-    "mldp": {"iterations": 10}, "mlcw": {"binary_steps": 2, "iterations": 60}, "mlalp": {"iterations": 4},
-}
-BOUND = {"fgsm": ("linf", "eps"), "fgm": ("l2", "eps"), "bim": ("linf", "eps"), "pgd": ("linf", "eps"),
-         "slide": ("l1", "eps"), "mifgsm": ("linf", "eps"), "mlalp": ("linf", "bound")}
 NORM_COL = {"l1": 1, "l2": 2, "linf": 3}
 
 
@@ -39,15 +29,21 @@ def batch(trained, demo_root):
     return x, y, idx
 
 
+# Every registered attack gets the invariant tests below, run with its spec's ``quick`` parameters
+# (the paper preset, shortened) and checked against its spec's ``bound`` and ``norm``.
+ATTACKS = attacks.names()
+
+
 @pytest.mark.parametrize("family", ["mlgcn", "mlliw"])
-@pytest.mark.parametrize("name", list(FAST))
+@pytest.mark.parametrize("name", ATTACKS)
 def test_attack_raises_label_count_within_bound(name, family, trained, batch):
     model = models.load(trained[family])
     x, y, idx = batch
     x_before = x.clone()
+    spec = attacks.get(name)
     # ML-LIW's sigmoid outputs saturate past the released loss's probability clamp (1e-6), which
     # zeroes those labels' gradients (see engine.attacks.losses); the unclamped loss sees them all.
-    kw = dict(FAST[name], prob_clamp=0.0) if family == "mlliw" else FAST[name]
+    kw = dict(spec.quick, prob_clamp=0.0) if family == "mlliw" else spec.quick
     res = attacks.run(model, x, name, seed=0, sample_ids=idx, **kw)
     assert torch.equal(x, x_before), "the input tensor must be left untouched"
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
@@ -65,36 +61,32 @@ def test_attack_raises_label_count_within_bound(name, family, trained, batch):
         assert lower or (res.label_count_final > clean).any()
     assert (res.label_count_best >= res.label_count_final).all()
     assert (res.label_count_best >= clean.long()).all()
-    if name in BOUND:
-        norm, field = BOUND[name]
-        limit = getattr(attacks.make_config(name, "paper", **kw), field)
-        assert (res.norms[:, NORM_COL[norm]] <= limit * (1 + 1e-5) + 1e-6).all()
+    if spec.bound is not None:
+        limit = getattr(attacks.make_config(name, "paper", **kw), spec.bound)
+        assert (res.norms[:, NORM_COL[spec.norm]] <= limit * (1 + 1e-5) + 1e-6).all()
     with torch.no_grad():
         assert torch.equal(res.label_count_final, (model(res.x_adv) >= 0).sum(1))
     assert not res.failed.any(), res.reasons
 
 
-@pytest.mark.parametrize("name", ["pgd", "mifgsm", "slide", "fgm", "mldp", "mlcw", "mlalp"])
+@pytest.mark.parametrize("name", ATTACKS)
 def test_batch_consistency_and_determinism(name, trained, batch):
     model = models.load(trained["mlgcn"])
     x, _, idx = batch
     x, idx = x[:4], idx[:4]
-    kw = dict(FAST[name], seed=3)
-    if name == "mldp":
-        # Its pseudo-inverse steps amplify the last-bit differences between batch-1 and batch-4
-        # convolutions into different iterates after a few iterations; one step is still comparable.
-        kw["iterations"] = 1
+    spec = attacks.get(name)
+    kw = dict(spec.quick, seed=3)
     whole = attacks.run(model, x, name, sample_ids=idx, **kw)
     again = attacks.run(model, x, name, sample_ids=idx, **kw)
     assert torch.equal(whole.x_adv, again.x_adv)
     rows = [attacks.run(model, x[i : i + 1], name, sample_ids=[idx[i]], **kw) for i in range(4)]
     single = torch.cat([r.x_adv for r in rows])
-    if name in ("mldp", "mlcw"):
-        # Convolutions round differently for batch 1 and batch 4; ML-DP's (J J^T)^-1 and ML-CW's Adam
-        # amplify that at a few pixels; ML-CW's binary search and early abort can even send one
-        # sample down another path (seen on some CPUs). So batch 1 is compared by the typical
-        # sample, and the exact check is a permuted batch of the same size (same rounding): a
-        # sample's result depends neither on its batch-mates nor on its place in the batch.
+    if not spec.batch_size_exact:
+        # Convolutions round differently for batch 1 and batch 4; the method amplifies that at a few
+        # pixels (ML-DP's (J J^T)^-1, ML-CW's Adam), or even sends one sample down another path
+        # (ML-CW's binary search and early abort, seen on some CPUs). So batch 1 is compared by the
+        # typical sample, and the exact check is a permuted batch of the same size (same rounding):
+        # a sample's result depends neither on its batch-mates nor on its place in the batch.
         assert (single - whole.x_adv).abs().flatten(1).mean(1).median() < 5e-3
         perm = [2, 0, 3, 1]
         shuffled = attacks.run(model, x[perm], name, sample_ids=[idx[i] for i in perm], **kw)
@@ -354,11 +346,11 @@ class NaNAfter(nn.Module):
         return torch.where(poisoned[:, None], torch.full_like(z, float("nan")), z)
 
 
-@pytest.mark.parametrize("name", ["bim", "mifgsm", "mlcw", "mlalp"])
+@pytest.mark.parametrize("name", ATTACKS)
 def test_nan_logits_mark_the_sample_failed_and_the_rest_goes_on(name, trained, batch):
     x, _, idx = batch
     model = NaNAfter(models.load(trained["mlgcn"]), x[:4])
-    res = attacks.run(model, x[:4], name, sample_ids=idx[:4], **FAST[name])
+    res = attacks.run(model, x[:4], name, sample_ids=idx[:4], **attacks.get(name).quick)
     assert res.failed.tolist() == [False, True, False, False], res.reasons
     assert "non-finite" in res.reasons[1]
     assert torch.isfinite(res.x_adv).all() and torch.isfinite(res.norms).all()

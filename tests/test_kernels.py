@@ -429,7 +429,7 @@ def test_inputs_untouched_and_out():
     R.linf_step(x, x0, g, 0.1, 0.1)
     R.l2_step(x, x0, g, 0.1, 0.1)
     R.mifgsm_step(x, x0, g, m, 0.1, 0.1, 1.0)
-    R.slide_step(x, x0, g, 0.1, 0.1, 0.9)
+    R.slide_step(x, x0, g, 0.1, 0.1, 0.9, "exact")
     for a, b in zip((x, x0, g, m), before):
         assert torch.equal(a, b)
     want = R.linf_step(x, x0, g, 0.1, 0.1)
@@ -558,7 +558,8 @@ def test_tri_slide_gpu_tiles(tk, monkeypatch):
     assert nb >= 3 and 1479 % chunk, (chunk, nb)
     x, x0, g = make_inputs((2, 3, 17, 29), 16)
     torch.testing.assert_close(
-        mod.slide_step(x, x0, g, 1.0, 1.5, 0.95), R.slide_step(x, x0, g, 1.0, 1.5, 0.95), rtol=0, atol=1e-6
+        mod.slide_step(x, x0, g, 1.0, 1.5, 0.95, "exact"), R.slide_step(x, x0, g, 1.0, 1.5, 0.95, "exact"), rtol=0,
+        atol=1e-6,
     )
 
 
@@ -626,9 +627,9 @@ def test_tri_noncontiguous_and_out(tk):
         ),
         "l2": (lambda a, b, c, **kw: tk["l2"].l2_step(a, b, c, 0.3, 0.5, **kw), R.l2_step, (0.3, 0.5)),
         "slide": (
-            lambda a, b, c, **kw: tk["slide"].slide_step(a, b, c, 1.0, 1.0, 0.99, **kw),
+            lambda a, b, c, **kw: tk["slide"].slide_step(a, b, c, 1.0, 1.0, 0.99, "exact", **kw),
             R.slide_step,
-            (1.0, 1.0, 0.99),
+            (1.0, 1.0, 0.99, "exact"),
         ),
     }
     for name, (fn, ref, args) in cases.items():
@@ -754,11 +755,11 @@ def _compile_cases():
         "linf": (R.linf_step, (x, x0, g, 0.01, 0.03)),
         "l2": (R.l2_step, (x, x0, g, 0.1, 0.2)),
         "mifgsm": (R.mifgsm_step, (x, x0, g, m, 0.01, 0.03, 1.0)),
-        "slide": (R.slide_step, (x, x0, g, 1.0, 0.5, 0.9)),
+        "slide": (R.slide_step, (x, x0, g, 1.0, 0.5, 0.9, "exact")),
         "slide_adv": (lambda *a: R.slide_step(*a, projection="advertorch"), (x, x0, g, 1.0, 0.5, 0.9)),
         # The public wrappers too (on CPU they resolve to the reference).
         "dispatch_linf": (dispatch.linf_step, (x, x0, g, 0.01, 0.03)),
-        "dispatch_slide": (dispatch.slide_step, (x, x0, g, 1.0, 0.5, 0.9)),
+        "dispatch_slide": (dispatch.slide_step, (x, x0, g, 1.0, 0.5, 0.9, "exact")),
     }
 
 

@@ -16,9 +16,9 @@ from engine.runtime.runner import attack_checkpoint
 from engine.runtime.runspec import RunSpec
 from engine.runtime.sweep.sweepfile import load_sweep
 
-FAST = {"fgsm": {}, "fgm": {"eps": 3.0}, "bim": {"iterations": 4, "step": 0.01},
-        "pgd": {"iterations": 4, "step": 0.02}, "slide": {"iterations": 4, "step": 50.0}, "mifgsm": {"iterations": 4},
-        "mldp": {"iterations": 3}, "mlcw": {"binary_steps": 2, "iterations": 5}, "mlalp": {"iterations": 2}}
+# Every registered attack, with its spec's ``quick`` parameters (the paper preset, shortened).
+ATTACKS = attacks.names()
+ITERATIVE = [n for n in ATTACKS if attacks.get(n).kind == "iterative"]
 
 
 @pytest.fixture(scope="module")
@@ -42,33 +42,36 @@ class Counting(nn.Module):
 
 
 # ---------------------------------------------------------------- the clean pass shared with step 1
-@pytest.mark.parametrize("name", list(FAST))
+@pytest.mark.parametrize("name", ATTACKS)
 def test_model_passes_are_what_the_attack_spec_says(name, trained, batch):
     """Iterative attacks: exactly the spec's passes (a one-step attack: one gradient pass, whose
     logits give the targets, and the forward that scores x_adv). Solvers: at most the spec's."""
     x, idx = batch
     model = Counting(models.load(trained["mlgcn"]))
     spec = attacks.get(name)
-    cfg = attacks.make_config(name, "paper", **FAST[name])
-    attacks.run(model, x, name, sample_ids=idx, **FAST[name])
+    cfg = attacks.make_config(name, "paper", **spec.quick)
+    attacks.run(model, x, name, sample_ids=idx, **spec.quick)
     p = spec.passes(cfg, 8)
     forwards = p.grad + p.fwd  # a Jacobian is one forward and l backward passes
     if spec.kind == "iterative":
         assert model.calls == forwards
-        assert p.fwd == (1 if name != "pgd" else 2)  # PGD's random start needs its own clean forward
+        # A random start (PGD's) needs a clean forward of its own; every other start shares step 1's.
+        assert spec.starts_at_x0(cfg) == (not getattr(cfg, "rand_init", False))
+        assert p.fwd == (1 if spec.starts_at_x0(cfg) else 2)
     else:
         assert model.calls <= forwards
 
 
-@pytest.mark.parametrize("name", ["fgsm", "fgm", "bim", "pgd", "mifgsm"])
+@pytest.mark.parametrize("name", ITERATIVE)
 @pytest.mark.parametrize("target", ["show-many", "hiding-single", "extreme"])
 def test_shared_clean_pass_gives_the_results_of_a_separate_one(name, target, trained, batch):
     """Targets from the first gradient pass's logits, bit for bit what a separate clean forward
     gave (also where some samples are not eligible: their batch-mates then run as before)."""
     x, idx = batch
     model = models.prepare_for_attack(models.load(trained["mlgcn"]))
-    spec, cfg = attacks.get(name), attacks.make_config(name, "paper", **FAST[name])
-    ours = attacks.run(model, x, name, target=target, seed=3, sample_ids=idx, **FAST[name])
+    spec = attacks.get(name)
+    cfg = attacks.make_config(name, "paper", **spec.quick)
+    ours = attacks.run(model, x, name, target=target, seed=3, sample_ids=idx, **spec.quick)
     with torch.no_grad():
         y_star, eligible = targets.build(target, model(x) >= 0, idx, 3)
     before = run_iterative(model, x, y_star, eligible, spec, cfg, loss_fn=losses.get(cfg.loss, cfg.prob_clamp),
@@ -121,11 +124,12 @@ def test_bf16_runs_in_bf16_and_mostly_agrees_with_fp32(trained, batch):
         assert again is net  # one wrapper per model: compiled iterations are cached by it
     assert z16.dtype == torch.float32 and not torch.equal(z16, z32)  # computed in bf16, returned as fp32
     torch.testing.assert_close(z16, z32, atol=0.25, rtol=0.05)
-    for name in ("fgsm", "pgd", "mifgsm"):
-        a = attacks.run(model, x, name, sample_ids=idx, **FAST[name])
-        b = attacks.run(model, x, name, sample_ids=idx, precision="bf16", **FAST[name])
+    for name in (n for n in ITERATIVE if attacks.get(n).norm == "linf"):
+        spec = attacks.get(name)
+        a = attacks.run(model, x, name, sample_ids=idx, **spec.quick)
+        b = attacks.run(model, x, name, sample_ids=idx, precision="bf16", **spec.quick)
         assert b.x_adv.dtype == torch.float32 and not b.failed.any()
-        assert b.norms[:, 3].max() <= attacks.make_config(name, **FAST[name]).eps + 1e-6
+        assert b.norms[:, 3].max() <= getattr(attacks.make_config(name, **spec.quick), spec.bound) + 1e-6
         assert (a.label_count_final == b.label_count_final).float().mean() >= 0.5, name
 
 

@@ -1,14 +1,13 @@
 """Real data set loaders (VOC, COCO 2014, NUS-WIDE), the study's splits and ML-GCN's released checkpoints.
 
-Every fixture is written here in the exact on-disk format of the real files (nothing is downloaded):
-a VOCdevkit with per-class txt files and XML annotations, a COCO 2014 instances JSON with its gappy
-category ids, the ASL distribution's ``nus_wid_data.csv``, and an ML-GCN checkpoint with the
-repository's key names and ResNet-101 shapes, saved as old torch and numpy 1.x wrote it.
+Every fixture is in the exact on-disk format of the real files (nothing is downloaded): a VOCdevkit with
+per-class txt files and XML annotations, a COCO 2014 instances JSON with its gappy category ids, the ASL
+distribution's ``nus_wid_data.csv`` (their writers are in tests/fixtures.py), and an ML-GCN checkpoint with
+the repository's key names and ResNet-101 shapes, saved as old torch and numpy 1.x wrote it.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from fixtures import NUS_ROWS, VOC2007, VOC2012, expected_labels, make_coco, make_nuswide, make_voc
 
 from engine import data, models
 from engine.data import coco, nuswide, split, voc
@@ -34,79 +33,6 @@ from engine.models.evaluate import dataset_for, evaluate
 from engine.models.mlgcn import correlation_matrix
 
 # ---------------------------------------------------------------- fixtures in the real formats
-
-
-def _jpeg(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (14, 20, 3), dtype=np.uint8)).save(path, format="JPEG", quality=90)
-
-
-# id -> {class: 1 (a non-difficult object) or 0 (difficult objects only)}; every other class is -1.
-VOC2007 = {
-    "trainval": {
-        "000005": {"chair": 1, "pottedplant": 0},
-        "000007": {"car": 1},
-        "000009": {"horse": 1, "person": 1, "dog": 0},
-        "000012": {"car": 1},
-        "000016": {"bicycle": 1},
-    },
-    "test": {
-        "000001": {"dog": 1, "person": 1},
-        "000002": {"train": 1},
-        "000004": {"car": 1, "person": 0},
-    },
-}
-VOC2012 = {
-    "train": {f"2008_{i:06d}": {voc.VOC_CLASSES[i % 20]: 1} for i in (8, 15, 23, 28, 33, 36)},
-    "val": {f"2008_{i:06d}": {voc.VOC_CLASSES[i % 20]: 1, "person": 0} for i in (9, 16, 21, 26, 29)},
-}
-
-
-def _voc_xml(key: str, objects: dict[str, int], year: int) -> str:
-    objs = []
-    for cls, v in objects.items():
-        # A present class gets a clear object and a difficult one; a "difficult" class only the latter.
-        flags = [0, 1] if v == 1 else [1]
-        for d in flags:
-            part = "<part><name>head</name><bndbox><xmin>1</xmin></bndbox></part>" if cls == "person" else ""
-            objs.append(f"\t<object>\n\t\t<name>{cls}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0"
-                        f"</truncated>\n\t\t<difficult>{d}</difficult>\n\t\t<bndbox><xmin>2</xmin><ymin>3</ymin>"
-                        f"<xmax>9</xmax><ymax>8</ymax></bndbox>{part}\n\t</object>")
-    return (f"<annotation>\n\t<folder>VOC{year}</folder>\n\t<filename>{key}.jpg</filename>\n\t<source>\n"
-            f"\t\t<database>The VOC{year} Database</database>\n\t</source>\n\t<size><width>20</width>"
-            f"<height>14</height><depth>3</depth></size>\n\t<segmented>0</segmented>\n" + "\n".join(objs)
-            + "\n</annotation>\n")
-
-
-def make_voc(devkit: Path, year: int, splits: dict[str, dict[str, dict[str, int]]]) -> Path:
-    base = devkit / f"VOC{year}"
-    main = base / "ImageSets" / "Main"
-    main.mkdir(parents=True)
-    (base / "Annotations").mkdir()
-    seed = 0
-    for name, samples in splits.items():
-        (main / f"{name}.txt").write_text("".join(f"{k}\n" for k in samples))
-        for cls in voc.VOC_CLASSES:
-            lines = []
-            for key, objs in samples.items():
-                v = objs.get(cls, -1)
-                lines.append(f"{key} -1\n" if v == -1 else f"{key}  {v}\n")  # the real spacing
-            (main / f"{cls}_{name}.txt").write_text("".join(lines))
-        for key, objs in samples.items():
-            (base / "Annotations" / f"{key}.xml").write_text(_voc_xml(key, objs, year))
-            _jpeg(base / "JPEGImages" / f"{key}.jpg", seed)
-            seed += 1
-    return base
-
-
-def expected_labels(samples: dict[str, dict[str, int]], difficult_positive: bool = True) -> np.ndarray:
-    out = np.zeros((len(samples), 20), dtype=np.uint8)
-    for i, objs in enumerate(samples.values()):
-        for cls, v in objs.items():
-            if v == 1 or difficult_positive:
-                out[i, voc.VOC_CLASSES.index(cls)] = 1
-    return out
 
 
 @pytest.fixture
@@ -126,52 +52,6 @@ def voc2007_shared(tmp_path_factory) -> Path:
 def voc2012(tmp_path) -> Path:
     make_voc(tmp_path / "VOCdevkit", 2012, VOC2012)
     return tmp_path / "VOCdevkit"
-
-
-# COCO val2014 mini: image id -> category ids of its annotations (none for 133).
-COCO_IMAGES = {42: [18, 1], 73: [4], 74: [18, 18, 5], 133: [], 136: [90, 1]}
-
-
-def make_coco(root: Path, split_name: str = "val2014", images: dict[int, list[int]] = COCO_IMAGES) -> Path:
-    (root / "annotations").mkdir(parents=True)
-    imgs, anns = [], []
-    for i, (image_id, cats) in enumerate(images.items()):
-        fname = f"COCO_{split_name}_{image_id:012d}.jpg"
-        imgs.append({"license": 3, "file_name": fname, "coco_url": f"http://images.cocodataset.org/x/{fname}",
-                     "height": 14, "width": 20, "date_captured": "2013-11-14 16:28:13", "id": image_id})
-        _jpeg(root / split_name / fname, 100 + i)
-        for c in cats:
-            anns.append({"segmentation": [[1.0, 2.0, 8.0, 2.0, 8.0, 9.0]], "area": 42.0, "iscrowd": 0,
-                         "image_id": image_id, "bbox": [1.0, 2.0, 7.0, 7.0], "category_id": c,
-                         "id": 1000 + len(anns)})
-    cats = [{"supercategory": "thing", "id": cid, "name": name} for cid, name in coco.COCO_CATEGORIES.items()]
-    doc = {"info": {"description": "COCO 2014 Dataset"}, "images": imgs, "licenses": [], "annotations": anns,
-           "categories": cats}
-    (root / "annotations" / f"instances_{split_name}.json").write_text(json.dumps(doc))
-    return root
-
-
-NUS_ROWS = [
-    ("images/0001_2124494179.jpg", "['cat', 'water']", "train"),
-    ("images/0002_174174086.jpg", "['sky']", "train"),
-    ("images/0003_2386494081.jpg", "['person', 'street', 'town']", "train"),
-    ("images/0004_2252010814.jpg", "[]", "train"),
-    ("images/0005_1184285312.jpg", "['animal', 'zebra']", "val"),
-    ("images/0006_2080893183.jpg", "['airport', 'plane', 'sky']", "val"),
-    ("images/0007_1467063393.jpg", "['boats', 'harbor', 'water']", "val"),
-    ("images/0008_476617163.jpg", "['clouds', 'sky', 'sunset']", "train"),
-]
-
-
-def make_nuswide(root: Path, rows=NUS_ROWS) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "nus_wid_data.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filepath", "label", "split_name"])
-        w.writerows(rows)
-    for i, (fp, _, _) in enumerate(rows):
-        _jpeg(root / fp, 200 + i)
-    return root
 
 
 # ---------------------------------------------------------------- VOC

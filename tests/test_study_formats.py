@@ -4,13 +4,11 @@ Fixtures are written in the real on-disk formats: VOC ``classification_<split>.c
 the 20 classes, values 1 / -1 / 0) in the study's layout (CSVs in ``data/VOC2012/``, images in
 ``files/JPEGImages``; VOC2007 images in ``VOC2007/files/JPEGImages`` and ``VOC2007/files/test``) and in
 ML-GCN's (``files/VOC2007/`` beside ``VOCdevkit/``); COCO ``val_anno.json`` (a list of
-``{"file_name", "labels"}``) with ``category.json`` (name -> index). The VOCdevkit and COCO instances
-fixtures come from tests/test_real_data.py.
+``{"file_name", "labels"}``) with ``category.json`` (name -> index). The writers are in tests/fixtures.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_real_data import VOC2007, VOC2012, _jpeg, expected_labels, make_coco, make_voc
+from fixtures import (
+    ANNO,
+    VOC2007,
+    VOC2012,
+    expected_labels,
+    make_coco,
+    make_mlgcn,
+    make_voc,
+    study_voc2007,
+    study_voc2012,
+    write_csv,
+)
 
 import cli.main
 from engine import data
@@ -28,38 +37,6 @@ from engine.errors import UserError
 from engine.models import checkpoints
 
 # ---------------------------------------------------------------- VOC classification CSVs
-
-
-def write_csv(path: Path, samples: dict[str, dict[str, int]], names: dict[str, str] | None = None) -> Path:
-    """``classification_<split>.csv`` as ML-GCN's write_object_labels_csv writes it (rows in ``samples`` order)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["name", *voc.VOC_CLASSES])
-        for key, objs in samples.items():
-            w.writerow([(names or {}).get(key, key), *(objs.get(c, -1) for c in voc.VOC_CLASSES)])
-    return path
-
-
-def study_voc2007(root: Path, splits: dict[str, dict[str, dict[str, int]]]) -> Path:
-    """The study's data/VOC2007: CSVs at the top, images in VOC2007/files/JPEGImages (test: files/test)."""
-    seed = 0
-    for name, samples in splits.items():
-        write_csv(root / voc.csv_name(name), samples)
-        images = root / "VOC2007" / "files" / ("test" if name == "test" else "JPEGImages")
-        for key in samples:
-            _jpeg(images / f"{key}.jpg", seed)
-            seed += 1
-    return root
-
-
-def study_voc2012(root: Path, splits: dict[str, dict[str, dict[str, int]]]) -> Path:
-    """The study's data/VOC2012: CSVs at the top, images in files/JPEGImages."""
-    for name, samples in splits.items():
-        write_csv(root / voc.csv_name(name), samples)
-        for i, key in enumerate(samples):
-            _jpeg(root / "files" / "JPEGImages" / f"{key}.jpg", 300 + i)
-    return root
 
 
 # Not in id order, so that keeping the file's order is visible.
@@ -189,27 +166,6 @@ def test_voc_root_with_neither_format(tmp_path):
 # ---------------------------------------------------------------- COCO in ML-GCN's format
 
 # (file name, labels as category names); the second image has no annotation, as in the instances fixture.
-ANNO = [
-    ("COCO_val2014_000000000136.jpg", ["person", "toothbrush"]),
-    ("COCO_val2014_000000000133.jpg", []),
-    ("COCO_val2014_000000000042.jpg", ["dog", "person"]),
-    ("COCO_val2014_000000000073.jpg", ["motorcycle"]),
-]
-
-
-def make_mlgcn(base: Path, rows=ANNO, order: list[str] | None = None, split_name: str = "val2014") -> Path:
-    """ML-GCN's ``<phase>_anno.json`` + ``category.json`` in ``base``, the images in ``base/<split>/``."""
-    order = order or list(coco.LABEL_NAMES)
-    idx = {n: i for i, n in enumerate(order)}
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "category.json").write_text(json.dumps(idx))
-    entries = [{"file_name": f, "labels": [idx[n] for n in names]} for f, names in rows]
-    (base / f"{split_name[:-4]}_anno.json").write_text(json.dumps(entries))
-    for i, (f, _) in enumerate(rows):
-        _jpeg(base / split_name / f, 400 + i)
-    return base
-
-
 def _names(ds) -> list[list[str]]:
     return [[ds.label_names[j] for j in np.flatnonzero(row)] for row in ds.labels]
 

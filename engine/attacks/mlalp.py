@@ -312,7 +312,7 @@ register(AttackSpec(
     name="mlalp", title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__, cost=passes,
     # Its cost is the LPs (CPU), each step takes the l x d Jacobian, and a process pool shared by
     # all batches of a process (``ctx["lp_pool"]``) solves the LPs of a batch in parallel.
-    jacobian=True, cpu_bound=True, resources={"lp_pool": LPPool},
+    jacobian=True, cpu_bound=True, resources={"lp_pool": LPPool}, bound="bound", quick={"iterations": 4},
     # Under ``released`` the batch shares one threshold, so results depend on the batch (code_batch).
     code_batch=("released",),
     presets={"paper": {"iterations": 10},

@@ -145,6 +145,9 @@ def passes(cfg: MLCWConfig, l: int) -> Passes:
 register(AttackSpec(
     name="mlcw", title="ML-CW", config=MLCWConfig, norm="l2", run=run, doc=__doc__, code_batch=("released",),
     cost=passes,
+    # Adam amplifies the last-bit differences of batch-1 and batch-B convolutions; the binary search and
+    # the early abort can even send a sample down another path.
+    batch_size_exact=False, quick={"binary_steps": 2, "iterations": 60},
     presets={
         "paper": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5},
         "released": {"binary_steps": 10, "iterations": 1000, "lr": 0.01, "initial_const": 1e5, "abort": "batch",

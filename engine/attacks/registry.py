@@ -86,6 +86,16 @@ class AttackSpec:
     # Solver attacks: (config, number of labels) -> Passes per sample, for the sweep plan. Iterative
     # attacks need none: the driver's loop fixes theirs (see ``passes``).
     cost: Callable[[AttackConfig, int], Passes] | None = None
+    # The config field that bounds the perturbation in the attack's ``norm`` (every result stays within
+    # it), or None for an attack that minimises the norm instead of bounding it.
+    bound: str | None = None
+    # Parameters over the ``paper`` preset for a short run with the same semantics (fewer iterations,
+    # or a budget a short run can use): smoke runs and the contract tests, which every attack gets.
+    quick: dict[str, Any] = field(default_factory=dict)
+    # False where a sample's result depends on the batch size through float rounding that the method
+    # amplifies (convolutions round differently for 1 and B images; a pseudo-inverse or Adam makes
+    # that visible): it still never depends on its batch-mates or its place in the batch.
+    batch_size_exact: bool = True
 
     @property
     def kind(self) -> str:
@@ -120,6 +130,9 @@ def register(spec: AttackSpec) -> AttackSpec:
         raise ValueError(f"attack {spec.name} has no 'paper' preset")
     if (spec.step is None) == (spec.run is None):
         raise ValueError(f"attack {spec.name} needs either a step (iterative) or a run (solver)")
+    if spec.bound is not None and spec.bound not in spec.config.schema():
+        raise ValueError(f"attack {spec.name}: bound {spec.bound!r} is not a field of {spec.config.__name__}")
+    spec.config.from_dict({**spec.presets["paper"], **spec.quick}, where=f"attack {spec.name} (quick)")
     REGISTRY[spec.name] = spec
     return spec
 

@@ -53,7 +53,8 @@ import numpy as np
 
 from engine.config import COCO_SOURCES
 from engine.data.base import ImageListDataset, SkipReport
-from engine.data.split import NO_ANNOTATIONS, Record, build, check_split
+from engine.data.loader import Loader, register
+from engine.data.split import NO_ANNOTATIONS, Record, build
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -253,24 +254,13 @@ def _find(root: Path, split: str, source: str) -> tuple[str, Path]:
                     f"{official}{alt} (looked in {where})")
 
 
-def load(
-    root: str | Path,
-    split: str = "val2014",
-    size: int | None = 448,
-    allow_missing: bool = False,
-    *,
-    source: str = "auto",
-    cache: bool = False,
-) -> ImageListDataset:
+def _read(root: Path, split: str, size: int | None, allow_missing: bool, *, source: str,
+          cache: bool) -> ImageListDataset:
     """COCO 2014 ``split`` as an :class:`ImageListDataset`.
 
     Labels in :data:`LABEL_NAMES` order (``source="instances"``) or ``category.json``'s (``"mlgcn"``).
     """
-    check_split("coco", split, SPLITS)
-    if source not in SOURCES:
-        raise UserError(f"source={source!r}; valid: {', '.join(SOURCES)}")
     split = _ALIASES.get(split, split)
-    root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: folder does not exist; expected a COCO folder with annotations/ and {split}/")
     source, base = _find(root, split, source)
@@ -323,3 +313,11 @@ def load(
     log.info("COCO %s: labels from %s", split, path)
     return build(name="coco", root=base, split=split, records=records, label_names=LABEL_NAMES, size=size,
                  allow_missing=allow_missing, cache=cache, skipped=skipped)
+
+
+# The study's splits: train2014 to train, val2014 to test.
+LOADER = register(Loader(
+    name="coco", read=_read, size=448, train_split="train2014", test_split="val2014", splits=SPLITS,
+    label_names=LABEL_NAMES, sources=SOURCES, options={"cache": False}, doc=__doc__,
+))
+load = LOADER.load

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.base import ImageListDataset, SkipReport
+from engine.data.loader import Loader, register
 from engine.errors import UserError
 
 NAME = "csv"
@@ -65,11 +66,9 @@ def _pick_csv(root: Path, split: str, csv_name: str | None) -> tuple[Path, bool]
     return root / DEFAULT_CSV, False
 
 
-def load(root: str | Path, split: str = "test", size: int | None = 224, allow_missing: bool = False, *,
-         csv_name: str | None = None, label_names: list[str] | str | None = None,
-         cache: bool = False) -> ImageListDataset:
+def _read(root: Path, split: str, size: int | None, allow_missing: bool, *, csv_name: str | None,
+          label_names: list[str] | str | None, cache: bool) -> ImageListDataset:
     """Split ``split`` of the CSV data set at ``root`` (see the module docstring)."""
-    root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: data folder does not exist")
     path, whole = _pick_csv(root, split, csv_name)
@@ -153,3 +152,12 @@ def load(root: str | Path, split: str = "test", size: int | None = 224, allow_mi
                            if i_split is not None else ""))
     return ImageListDataset(name=NAME, root=root, split=split, paths=paths, labels=np.stack(labels),
                             label_names=names, size=size, cache=cache, skipped=skipped)
+
+
+# 224 px unless the model says otherwise.
+LOADER = register(Loader(
+    name=NAME, read=_read, size=224, train_split="train", test_split="test", splits=("train", "test"),
+    more_splits=f"every value of the '{SPLIT_COLUMN}' column, or a <split>.csv in the data folder",
+    options={"csv_name": None, "label_names": None, "cache": False}, doc=__doc__,
+))
+load = LOADER.load

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from engine.data.base import ImageListDataset
+from engine.data.loader import Loader, register
 from engine.data.split import STUDY_SPLITS, Record, build, check_split, select_study
 from engine.errors import UserError
 
@@ -103,18 +104,9 @@ def _read_rows(root: Path, csv_path: Path) -> list[tuple[str, Record]]:
     return rows
 
 
-def load(
-    root: str | Path,
-    split: str = "study-test",
-    size: int | None = 448,
-    allow_missing: bool = False,
-    *,
-    seed: int = 0,
-    csv_name: str = CSV_NAME,
-    cache: bool = False,
-) -> ImageListDataset:
+def _read(root: Path, split: str, size: int | None, allow_missing: bool, *, seed: int, csv_name: str,
+          cache: bool) -> ImageListDataset:
     """NUS-WIDE ``split`` as an :class:`ImageListDataset` (labels in :data:`TAGS` order)."""
-    root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: folder does not exist; expected a NUS-WIDE folder with {CSV_NAME} and images/")
     name = PurePosixPath(str(csv_name).replace("\\", "/"))
@@ -129,3 +121,11 @@ def load(
         records = [r for s, r in rows if s == split]
     return build(name="nuswide", root=root, split=split, records=records, label_names=TAGS, size=size,
                  allow_missing=allow_missing, cache=cache)
+
+
+LOADER = register(Loader(
+    name="nuswide", read=_read, size=448, train_split="study-train", test_split="study-test", splits=STUDY_SPLITS,
+    more_splits=f"every split_name value in {CSV_NAME} (train, val)", label_names=TAGS,
+    options={"seed": 0, "csv_name": CSV_NAME, "cache": False}, doc=__doc__,
+))
+load = LOADER.load

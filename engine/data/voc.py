@@ -59,6 +59,7 @@ whichever source), and the official ``train`` / ``val`` / ``trainval``.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -68,7 +69,8 @@ import numpy as np
 
 from engine.config import VOC_DIFFICULT, VOC_SOURCES
 from engine.data.base import ImageListDataset
-from engine.data.split import STUDY_SPLITS, Record, build, check_split, select_study
+from engine.data.loader import Loader, register
+from engine.data.split import STUDY_SPLITS, Record, build, select_study
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -346,33 +348,15 @@ def _read_split(base: Path, split: str, source: str, difficult: str, also: str =
     return _from_txt(base, split, difficult) if source == "txt" else _from_xml(base, split, difficult)
 
 
-def load(
-    root: str | Path,
-    split: str = "test",
-    size: int | None = 448,
-    allow_missing: bool = False,
-    *,
-    year: int = 2007,
-    difficult: str = "positive",
-    source: str = "auto",
-    seed: int = 0,
-    cache: bool = False,
-) -> ImageListDataset:
-    """VOC ``year`` split ``split`` as an :class:`ImageListDataset` (labels in :data:`VOC_CLASSES` order).
+def _read(year: int, root: Path, split: str, size: int | None, allow_missing: bool, *, difficult: str, source: str,
+          seed: int, cache: bool) -> ImageListDataset:
+    """VOC ``year`` split ``split`` (labels in :data:`VOC_CLASSES` order; see the module docstring).
 
-    Unusable samples (image missing, unreadable label line, ...) raise a :class:`UserError` listing them,
-    unless ``allow_missing``: then they are left out and counted in the data set's ``.skipped``.
     ``seed`` selects the study's 20% test split (``study-*`` splits of VOC2012 only).
     """
-    if year not in SPLITS:
-        raise UserError(f"VOC year {year} not supported; valid: {', '.join(map(str, SPLITS))}")
     name = f"voc{year}"
-    check_split(name, split, SPLITS[year])
     if difficult not in DIFFICULT:
         raise UserError(f"difficult={difficult!r}; valid: {', '.join(DIFFICULT)}")
-    if source not in SOURCES:
-        raise UserError(f"source={source!r}; valid: {', '.join(SOURCES)}")
-    root = Path(root).expanduser()
     parts = ("train", "val") if split in STUDY_SPLITS else (split,)
     csvs = None
     if source in ("auto", "csv") and root.is_dir():
@@ -394,3 +378,24 @@ def load(
     records = select_study(pooled, split, seed) if split in STUDY_SPLITS else pooled
     return build(name=name, root=base, split=split, records=records, label_names=VOC_CLASSES, size=size,
                  allow_missing=allow_missing, cache=cache)
+
+
+def _declare(year: int, train: str, test: str) -> Loader:
+    return register(Loader(
+        name=f"voc{year}", read=functools.partial(_read, year), size=448, train_split=train, test_split=test,
+        splits=SPLITS[year], label_names=VOC_CLASSES, sources=SOURCES,
+        options={"difficult": "positive", "seed": 0, "cache": False}, doc=__doc__,
+    ))
+
+
+# The study's splits (engine.data.split): VOC2007 trainval / test; VOC2012 has no labelled test set, so
+# a seeded 20% of train + val is the test set.
+LOADERS = {2007: _declare(2007, "trainval", "test"), 2012: _declare(2012, "study-train", "study-test")}
+
+
+def load(root: str | Path, split: str | None = None, size: int | None = None, allow_missing: bool = False, *,
+         year: int = 2007, **options) -> ImageListDataset:
+    """VOC ``year``: the ``voc<year>`` loader's :meth:`~engine.data.loader.Loader.load`."""
+    if year not in LOADERS:
+        raise UserError(f"VOC year {year} not supported; valid: {', '.join(map(str, LOADERS))}")
+    return LOADERS[year].load(root, split, size, allow_missing, **options)
