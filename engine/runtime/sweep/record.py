@@ -57,9 +57,10 @@ def make_record(sw: Sweep) -> dict[str, Any]:
                "root": m.root, "split": m.split, "load_kw": m.load_kw()}
               | ({"own_model": m.own_model()} if m.own_model() else {}) for m in sw.models]
     runs = [_run_identity(r) for r in sw.runs]
-    # Loader options that change the data are part of the identity.
-    ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} | {"options": dict(mm.options)}
-                        for m, mm in zip(models, sw.models)],
+    # Loader options that change the data are part of the identity; none at all adds no key, so that
+    # a sweep without options keeps the fingerprint it always had.
+    ident = {"models": [{k: m[k] for k in ("key", "digest", "dataset", "split")} |
+                        ({"options": dict(mm.options)} if mm.options else {}) for m, mm in zip(models, sw.models)],
              "runs": runs}
     return {"format": FORMAT, "name": sw.name, "fingerprint": _digest_json(ident), "identity": ident,
             "source": sw.path, "source_text": sw.text, "engine_version": __version__,
