@@ -1,5 +1,5 @@
-"""`make gpu-check` (bench/gpu_check.py, sections in bench/gpu/) where there is no GPU: one line and exit 0, bad input exit 2,
-and (slow) a smoke run of every section on CPU with tiny models."""
+"""`make gpu-check` (bench/gpu_check.py, sections in bench/gpu/) where there is no GPU: one line and exit 0,
+bad input exit 2, and (slow) a smoke run of every section on CPU with tiny models."""
 
 from __future__ import annotations
 
