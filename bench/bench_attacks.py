@@ -35,6 +35,7 @@ from engine import attacks
 from engine.attacks import losses, precision, targets
 from engine.attacks.driver import clean_step, grad_and_logits, sample_noise
 from engine.attacks.losses import bce
+from engine.util import markdown_table
 
 ATTACKS = ("fgsm", "fgm", "bim", "pgd", "mifgsm", "slide")
 ITERATIONS = 40
@@ -299,36 +300,38 @@ def early_exit_demo(model: nn.Module, x: torch.Tensor, *, device: str, batch: in
 
 
 def format_table(rows: list[dict]) -> str:
-    att = [r for r in rows if "provider" in r and "bench" not in r]
-    out = ["| model | attack | provider | median s | / floor | peer / ours | same label counts |",
-           "|---|---|---|---|---|---|---|"]
-    for r in att:
-        ratio = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "1.00"
-        peer = f"{r['peer_over_ours']:.2f}" if "peer_over_ours" in r else ""
-        if "peer_over_ours_no_eval" in r:
-            peer += f" ({r['peer_over_ours_no_eval']:.2f} vs ours-no-eval)"
-        same = {True: "yes", False: "no", None: ""}[r.get("same_label_counts_as_ours")]
-        if r.get("same_label_counts_as_ours") is False:
-            same += f" ({100 * r['label_count_agreement']:.0f}% of samples)"
-        out.append(f"| {r['model']} | {r['attack']} | {r['provider']} | {r['seconds_median']:.3f} | {ratio} | "
-                   f"{peer} | {same} |")
+    out = markdown_table(["model", "attack", "provider", "median s", "/ floor", "peer / ours", "same label counts"],
+                         (_attack_cells(r) for r in rows if "provider" in r and "bench" not in r))
     pr = [r for r in rows if r.get("bench") == "precision"]
     if pr:
-        out += ["", "| model | attack | precision | median s | speed-up vs fp32 | same final label count as fp32 |",
-                "|---|---|---|---|---|---|"]
-        for r in pr:
-            if "skipped" in r:
-                out.append(f"| {r['model']} | {r['attack']} | {r['precision']} | skipped: {r['skipped']} | | |")
-                continue
-            out.append(f"| {r['model']} | {r['attack']} | {r['precision']} | {r['seconds_median']:.3f} | "
-                       f"{r['fp32_over_this']:.2f}x | {100 * r['label_count_agreement']:.0f}% of samples "
-                       f"(mean abs diff {r['mean_abs_label_count_diff']:.2f}) |")
+        out += ["", *markdown_table(
+            ["model", "attack", "precision", "median s", "speed-up vs fp32", "same final label count as fp32"],
+            map(_precision_cells, pr))]
     ee = [r for r in rows if r.get("bench") == "early-exit"]
     if ee:
-        out += ["", "| attack (demo set) | samples | fixed s | early-exit s | speed-up | top success fixed "
-                "(final / best) | top success early exit |", "|---|---|---|---|---|---|---|"]
-        for r in ee:
-            out.append(f"| {r['attack']} ({r['preset']}, 40 it.) | {r['samples']} | {r['seconds_fixed']:.2f} | "
-                       f"{r['seconds_early_exit']:.2f} | {r['speedup']:.2f}x | {r['top_success_fixed_final']:.3f} / "
-                       f"{r['top_success_fixed_best']:.3f} | {r['top_success_early_exit']:.3f} |")
+        out += ["", *markdown_table(
+            ["attack (demo set)", "samples", "fixed s", "early-exit s", "speed-up",
+             "top success fixed (final / best)", "top success early exit"],
+            ([f"{r['attack']} ({r['preset']}, 40 it.)", r["samples"], f"{r['seconds_fixed']:.2f}",
+              f"{r['seconds_early_exit']:.2f}", f"{r['speedup']:.2f}x",
+              f"{r['top_success_fixed_final']:.3f} / {r['top_success_fixed_best']:.3f}",
+              f"{r['top_success_early_exit']:.3f}"] for r in ee))]
     return "\n".join(out)
+
+
+def _attack_cells(r: dict) -> list:
+    ratio = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "1.00"
+    peer = f"{r['peer_over_ours']:.2f}" if "peer_over_ours" in r else ""
+    if "peer_over_ours_no_eval" in r:
+        peer += f" ({r['peer_over_ours_no_eval']:.2f} vs ours-no-eval)"
+    same = {True: "yes", False: "no", None: ""}[r.get("same_label_counts_as_ours")]
+    if r.get("same_label_counts_as_ours") is False:
+        same += f" ({100 * r['label_count_agreement']:.0f}% of samples)"
+    return [r["model"], r["attack"], r["provider"], f"{r['seconds_median']:.3f}", ratio, peer, same]
+
+
+def _precision_cells(r: dict) -> list:
+    if "skipped" in r:
+        return [r["model"], r["attack"], r["precision"], f"skipped: {r['skipped']}", "", ""]
+    return [r["model"], r["attack"], r["precision"], f"{r['seconds_median']:.3f}", f"{r['fp32_over_this']:.2f}x",
+            f"{100 * r['label_count_agreement']:.0f}% of samples (mean abs diff {r['mean_abs_label_count_diff']:.2f})"]

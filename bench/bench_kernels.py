@@ -21,6 +21,7 @@ import sys
 import torch
 
 from bench.timing import median_time
+from engine.util import markdown_table
 from kernels import reference as R
 
 ODD_SHAPES = ((3, 3, 17, 29), (1, 1), (2, 7), (5, 3, 9, 11))
@@ -125,21 +126,22 @@ def format_table(rows: list[dict]) -> str:
     out = []
     sp = [r for r in rows if r.get("bench") == "kernel-speed"]
     if sp:
-        out += ["| kernel | shape | ms | reference ms | GB/s | of copy bandwidth |", "|---|---|---|---|---|---|"]
-        for r in sp:
-            ref = f"{r['reference_ms']:.3f}" if "reference_ms" in r else ""
-            frac = f"{r['of_copy_bandwidth']:.2f}" if "of_copy_bandwidth" in r else ""
-            out.append(f"| {r['kernel']} | {'x'.join(map(str, r['shape']))} | {r['ms']:.3f} | {ref} | "
-                       f"{r['gb_per_s']:.0f} | {frac} |")
+        out += markdown_table(
+            ["kernel", "shape", "ms", "reference ms", "GB/s", "of copy bandwidth"],
+            ([r["kernel"], _shape(r), f"{r['ms']:.3f}", f"{r['reference_ms']:.3f}" if "reference_ms" in r else "",
+              f"{r['gb_per_s']:.0f}", f"{r['of_copy_bandwidth']:.2f}" if "of_copy_bandwidth" in r else ""] for r in sp))
         out.append("")
     sel = [r for r in rows if r.get("bench") == "slide-selection"]
     if sel:
-        out += ["| SLIDE k-th largest (reference) | device | shape | sparsity | bit search ms | topk ms | faster |",
-                "|---|---|---|---|---|---|---|"]
-        for r in sel:
-            out.append(f"| | {r['device']} | {'x'.join(map(str, r['shape']))} | {r['sparsity']} | "
-                       f"{r['search_ms']:.2f} | {r['topk_ms']:.2f} | {r['faster']} |")
+        out += markdown_table(
+            ["SLIDE k-th largest (reference)", "device", "shape", "sparsity", "bit search ms", "topk ms", "faster"],
+            (["", r["device"], _shape(r), r["sparsity"], f"{r['search_ms']:.2f}", f"{r['topk_ms']:.2f}", r["faster"]]
+             for r in sel))
     return "\n".join(out)
+
+
+def _shape(r: dict) -> str:
+    return "x".join(map(str, r["shape"]))
 
 
 def main(argv=None) -> int:

@@ -219,28 +219,31 @@ def run(quick: bool = False) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown: scaling, overhead and memory, then the per-attack costs."""
-    out = ["| sweep case | figure | target |", "|---|---|---|"]
-    for r in rows:
-        c = r.get("case")
-        if c == "scaling":
-            out.append(f"| {r['actors']} actor(s) x {r['threads_per_actor']} thread(s) | {r['samples_per_s']:.2f} "
-                       f"samples/s ({r['speedup']:.2f}x; {r['speedup_vs_1x1']:.2f}x vs 1 x 1) | "
-                       f"{r['target'] or ''} |")
-        elif c == "overhead":
-            out.append(f"| driver per shard ({r['shards']} shards) | busy {r['driver_busy_ms_per_shard']:.2f} ms, "
-                       f"round trip +{r['roundtrip_overhead_ms_per_shard']:.1f} ms | |")
-        elif c == "driver_memory":
-            out.append(f"| driver peak RSS, {r['samples'][0]} vs {r['samples'][1]} samples | "
-                       f"{r['peak_rss_mb'][0]:.0f} vs {r['peak_rss_mb'][1]:.0f} MB ({r['ratio']:.2f}x) | "
-                       f"{r['target']} |")
+    from engine.util import markdown_table
+
+    out = markdown_table(["sweep case", "figure", "target"], filter(None, map(_case_cells, rows)))
     cost = [r for r in rows if r.get("case") == "attack_cost"]
     if cost:
-        out += ["", "| model | attack | s / sample (1 thread) | fwd+bwd s / image | passes / sample |",
-                "|---|---|---|---|---|"]
-        for r in cost:
-            out.append(f"| {r['model']} | {r['attack']} ({r['preset']}) | {r['s_per_sample']:.4f} | "
-                       f"{r['fwd_bwd_s_per_image']:.5f} | {r['passes_per_sample']:.1f} |")
+        out += ["", *markdown_table(
+            ["model", "attack", "s / sample (1 thread)", "fwd+bwd s / image", "passes / sample"],
+            ([r["model"], f"{r['attack']} ({r['preset']})", f"{r['s_per_sample']:.4f}",
+              f"{r['fwd_bwd_s_per_image']:.5f}", f"{r['passes_per_sample']:.1f}"] for r in cost))]
     return "\n".join(out)
+
+
+def _case_cells(r: dict) -> list | None:
+    c = r.get("case")
+    if c == "scaling":
+        return [f"{r['actors']} actor(s) x {r['threads_per_actor']} thread(s)",
+                f"{r['samples_per_s']:.2f} samples/s ({r['speedup']:.2f}x; {r['speedup_vs_1x1']:.2f}x vs 1 x 1)",
+                r["target"] or ""]
+    if c == "overhead":
+        return [f"driver per shard ({r['shards']} shards)", f"busy {r['driver_busy_ms_per_shard']:.2f} ms, round trip "
+                f"+{r['roundtrip_overhead_ms_per_shard']:.1f} ms", ""]
+    if c == "driver_memory":
+        return [f"driver peak RSS, {r['samples'][0]} vs {r['samples'][1]} samples",
+                f"{r['peak_rss_mb'][0]:.0f} vs {r['peak_rss_mb'][1]:.0f} MB ({r['ratio']:.2f}x)", r["target"]]
+    return None
 
 
 def main(argv=None) -> int:

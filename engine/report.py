@@ -13,7 +13,7 @@ from engine import results
 from engine.attacks.registry import ORDER
 from engine.errors import UserError
 from engine.runtime import provenance
-from engine.util import write_text_atomic
+from engine.util import markdown_table, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,9 @@ T1_COLUMNS = (("hamming_loss", "Hamming Loss"), ("ranking_loss", "Ranking Loss")
 
 def table1_markdown(rows: Sequence[dict]) -> str:
     """Table 1 in the study's layout (+ mAP, which the study does not report)."""
-    head = "| Model | Dataset | " + " | ".join(t for _, t in T1_COLUMNS) + " | N |"
-    lines = [head, "|" + "---|" * (len(T1_COLUMNS) + 3)]
-    for r in rows:
-        vals = " | ".join(f"{r[k]:.4f}" for k, _ in T1_COLUMNS)
-        lines.append(f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['dataset']} | {vals} | {r['num_samples']} |")
-    return "\n".join(lines)
+    head = ["Model", "Dataset", *(t for _, t in T1_COLUMNS), "N"]
+    return "\n".join(markdown_table(head, ([MODEL_NAMES.get(r["model"], r["model"]), r["dataset"],
+                                           *(f"{r[k]:.4f}" for k, _ in T1_COLUMNS), r["num_samples"]] for r in rows)))
 
 
 # ------------------------------------------------------------------ Tables 2/3 from a store
@@ -95,8 +92,7 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
         by_len.setdefault(len(r["exp_labels"]), []).append(r)
     out = []
     for k, rs in sorted(by_len.items()):
-        head = "| model | dataset | attack method | " + " | ".join(f"n = {i}" for i in range(k)) + " | N |"
-        out += [head, "|" + "---|" * (k + 4)]
+        body = []
         blocks: dict[tuple, list[dict]] = {}
         for r in rs:
             key = (r["model_key"], r["dataset"], tuple(r["exp_labels"]), r["rounding"], r["avg_labels"])
@@ -112,17 +108,17 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
                 nn = f"{r['n']} {'first' if r['order'] == 'first' else 'seeded'}" + (
                     f" of {r['n_requested']} asked" if r["n"] < r["n_requested"] else "")
                 name = MODEL_NAMES.get(r["model"], r["model"]) + ("" if mk == r["model"] else f" ({mk})")
-                lead = f"| {name} | {ds} " if j == 0 else "| | "
-                out.append(f"{lead}| {_label(r)} | " + " | ".join(cells) + f" | {nn} |")
-            out.append(f"| | | *expLabels* ({_ladder_note(br[0])}) | " + " | ".join(str(v) for v in ladder) + " | |")
+                lead = [name, ds] if j == 0 else ["", ""]
+                body.append([*lead, _label(r), *cells, nn])
+            body.append(["", "", f"*expLabels* ({_ladder_note(br[0])})", *ladder, ""])
+        out += markdown_table(["model", "dataset", "attack method", *(f"n = {i}" for i in range(k)), "N"], body)
         out.append("")
     other = sorted((r for r in rows if r["target"] != "show-many"), key=_order)
     if other:
-        out += ["| model | dataset | attack method | target | success (final) | success (best) | N eligible |",
-                "|---|---|---|---|---|---|---|"]
-        for r in other:
-            out.append(f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['dataset']} | {_label(r)} | {r['target']} | "
-                       f"{r['success_final'][0]:.3f} | {r['success_best'][0]:.3f} | {r['n_eligible']} |")
+        out += markdown_table(
+            ["model", "dataset", "attack method", "target", "success (final)", "success (best)", "N eligible"],
+            ([MODEL_NAMES.get(r["model"], r["model"]), r["dataset"], _label(r), r["target"],
+              f"{r['success_final'][0]:.3f}", f"{r['success_best'][0]:.3f}", r["n_eligible"]] for r in other))
     return "\n".join(out)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def umask_mode(directory: bool = False) -> int:
@@ -48,3 +50,13 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def markdown_row(cells: Iterable[Any]) -> str:
+    """One line of a markdown table; an empty cell is written ``| |``."""
+    return "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """The lines of a markdown table: the header, its rule, one line per row (cells as ``str``)."""
+    return [markdown_row(header), "|" + "---|" * len(header), *(markdown_row(r) for r in rows)]

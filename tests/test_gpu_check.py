@@ -1,5 +1,5 @@
-"""`make gpu-check` (bench/gpu_check.py) where there is no GPU: one line and exit 0, bad input exit 2,
-and (slow) a smoke run of every section on CPU with tiny models."""
+"""`make gpu-check` (bench/gpu_check.py, sections in bench/gpu/) where there is no GPU: one line and exit 0,
+bad input exit 2, and (slow) a smoke run of every section on CPU with tiny models."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_bad_input_one_line_exit_2(args):
 
 
 def test_table_marks_failures_and_skips():
-    from bench.gpu_check import format_table
+    from bench.gpu.table import format_table
 
     table = format_table([
         {"check": "attack", "model": "m", "item": "pgd", "eager_floor": 1.234, "compiled_floor": 1.02,
@@ -54,7 +54,7 @@ def test_table_marks_failures_and_skips():
         {"check": "kernel vs reference", "item": "slide-exact", "agreement": "max |diff| 6.0e-08", "ok": False},
         {"check": "sweep --local", "note": "skipped: 10 s of the budget left, needs ~60"},
     ]).splitlines()
-    assert table[2] == "| attack | m | pgd | 1.23 | 1.02 (default) | 42 | 2.50 |  |"
+    assert table[2] == "| attack | m | pgd | 1.23 | 1.02 (default) | 42 | 2.50 | |"
     assert "FAILED max |diff|" in table[3]
     assert table[4].endswith("| skipped: 10 s of the budget left, needs ~60 |")
 

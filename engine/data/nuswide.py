@@ -123,6 +123,7 @@ def _read(root: Path, split: str, size: int | None, allow_missing: bool, *, seed
                  allow_missing=allow_missing, cache=cache)
 
 
+# No labelled test set: the study's test set is a seeded 20% of train + val (engine.data.split).
 LOADER = register(Loader(
     name="nuswide", read=_read, size=448, train_split="study-train", test_split="study-test", splits=STUDY_SPLITS,
     more_splits=f"every split_name value in {CSV_NAME} (train, val)", label_names=TAGS,

@@ -26,6 +26,7 @@ from engine.errors import UserError
 from engine.models import prepare_for_attack, sources
 from engine.runtime import batching
 from engine.runtime.sweep.sweepfile import load_sweep
+from engine.util import markdown_table
 
 DEVICE_COUNTS = (1, 4, 8, 32)
 PROFILE_FORMAT = 1
@@ -207,14 +208,12 @@ def _dur(s: float) -> str:
 
 
 def format_plan(plan: dict[str, Any]) -> str:
-    out = [f"sweep {plan['sweep']!r} on {plan['device']}: cost plan (nothing attacked)", "",
-           "| model | run | samples | passes / sample | s / pass (fwd+bwd, 1 image) | device time |",
-           "|---|---|---|---|---|---|"]
-    for r in plan["rows"]:
-        per = "?" if r["passes_per_sample"] is None else f"{r['passes_per_sample']:.1f}"
-        dt = "?" if r["device_seconds"] is None else _dur(r["device_seconds"])
-        out.append(f"| {r['model']}/{r['dataset']} | {r['run']} | {r['samples']} | {per} | "
-                   f"{r['fwd_bwd_s_per_image']:.3g} | {dt} |")
+    out = [f"sweep {plan['sweep']!r} on {plan['device']}: cost plan (nothing attacked)", "", *markdown_table(
+        ["model", "run", "samples", "passes / sample", "s / pass (fwd+bwd, 1 image)", "device time"],
+        ([f"{r['model']}/{r['dataset']}", r["run"], r["samples"],
+          "?" if r["passes_per_sample"] is None else f"{r['passes_per_sample']:.1f}",
+          f"{r['fwd_bwd_s_per_image']:.3g}", "?" if r["device_seconds"] is None else _dur(r["device_seconds"])]
+         for r in plan["rows"]))]
     out += ["", f"total: {_dur(plan['device_seconds'])} of device time in {plan['shards']} shards; wall time on "
             + ", ".join(f"{k} device(s): {_dur(v)}" for k, v in plan["wall_seconds"].items())]
     timings = sorted({f"{r['model']}: {r['timing']}, batch {r['timing_batch']}" for r in plan["rows"]})
