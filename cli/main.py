@@ -61,11 +61,13 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="go on without unusable samples (missing images, bad label lines), reporting them")
     p.add_argument("--split-seed", type=int, help="seed of the study's 80/20 split (VOC2012, NUS-WIDE; default 0)")
-    p.add_argument("--annotations", help=f"annotation files to read: VOC {_one_of(config.VOC_SOURCES[1:])}, COCO "
-                                         f"{_one_of(config.COCO_SOURCES[1:])} (default: auto, whichever is found)")
-    p.add_argument("--difficult", help=f"{_one_of(config.VOC_DIFFICULT)}: VOC: a class shown only by difficult "
-                                       f"objects counts as present (default, ML-GCN's training) or absent (the "
-                                       f"study's attack scripts)")
+    # Choices of the loaders, refused here before anything loads (the loader checks them per data set).
+    p.add_argument("--annotations", choices=config.ANNOTATIONS,
+                   help=f"annotation files to read: VOC {_one_of(config.VOC_SOURCES[1:])}, COCO "
+                        f"{_one_of(config.COCO_SOURCES[1:])} (default: auto, whichever is found)")
+    p.add_argument("--difficult", choices=config.VOC_DIFFICULT,
+                   help="VOC: a class shown only by difficult objects counts as present (default, ML-GCN's "
+                        "training) or absent (the study's attack scripts)")
 
 
 def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
@@ -81,8 +83,8 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torchvision", metavar="ARCH",
                    help="a torchvision classifier (e.g. resnet18) whose multi-label head's state dict is "
                         "--checkpoint (ImageNet normalisation is put in front)")
-    p.add_argument("--output", help=f"{_one_of(config.OUTPUTS)}: what your model outputs (default "
-                                    f"{config.OUTPUTS[0]}; probabilities are converted to logits)")
+    p.add_argument("--output", choices=config.OUTPUTS,
+                   help=f"what your model outputs (default {config.OUTPUTS[0]}; probabilities are converted to logits)")
     p.add_argument("--input-size", type=int, help="your model's input size in px (default: the model's "
                                                   "input_size attribute, else the data set's)")
 

@@ -243,9 +243,10 @@ def test_mldp_step_is_the_minimum_norm_linearised_step():
 
 def test_mlalp_first_step_is_the_exact_lp_solution():
     """On a linear model one MLA-LP iteration solves min ||r||_inf s.t. grad L_k^T r <= L(1, t) - L(1, f_k)
-    (t = 0.6 so that the first iterate already shows every label and is the one returned)."""
+    (t = 0.6 so that the first iterate already shows every label and is the one returned; the thresholds'
+    shift, unused in one iteration, then at most 0.3 so that they stay probabilities)."""
     model, x0, _, _ = _linear_problem(seed=1)
-    res = attacks.run(model, x0, "mlalp", iterations=1, threshold=0.6)
+    res = attacks.run(model, x0, "mlalp", iterations=1, threshold=0.6, threshold_max_shift=0.3)
     assert bool(res.success[0])
     with torch.no_grad():
         z = model(x0)[0].double()
