@@ -118,3 +118,13 @@ def test_no_two_modules_share_a_name():
             if f.name != "__init__.py":
                 seen.setdefault(f.stem, []).append(str(f.relative_to(REPO)))
     assert {k: v for k, v in seen.items() if len(v) > 1} == {}
+
+
+MAX_LINES = 400
+
+
+def test_no_module_is_over_the_size_a_reader_can_hold():
+    """Rooms of a few hundred lines that a reader can name: none in engine/, kernels/, cli/ over 400."""
+    big = {str(f.relative_to(REPO)): n for pkg in OURS for f in sorted((REPO / pkg).rglob("*.py"))
+           if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    assert big == {}

@@ -64,7 +64,8 @@ def _run(model, x0, y_star, eligible, cfg: SignSolveConfig, ctx):
 
 
 SPEC = AttackSpec(name="signsolve", title="Sign-Solve", config=SignSolveConfig, presets={"paper": {}}, norm="linf",
-                  doc="Example solver attack of the README's recipe.", run=_run, cpu_bound=True,
+                  family="solver", reference="an example", doc="Example solver attack of the development recipe.",
+                  run=_run, cpu_bound=True,
                   resources={"sign_pool": SignPool})
 
 
@@ -109,5 +110,6 @@ def test_sweep_runs_it_without_naming_it_anywhere(example, trained, tmp_path):
 
 def test_registry_wants_a_step_or_a_run(example):
     with pytest.raises(ValueError, match="either a step"):
-        register(AttackSpec(name="neither", title="N", config=SignSolveConfig, presets={"paper": {}}, norm="linf",
+        register(AttackSpec(family="solver", reference="a test", name="neither", title="N", config=SignSolveConfig,
+                            presets={"paper": {}}, norm="linf",
                             doc=""))

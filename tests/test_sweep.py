@@ -592,7 +592,8 @@ def test_shard_that_keeps_raising_is_recorded_failed_then_retried(trained, demo_
         return finalize(model, x0, x0.clone(), y_star, eligible, counts, counts == y_star.shape[1],
                         torch.zeros(len(x0), dtype=torch.long), torch.full((len(x0),), -1))
 
-    register(AttackSpec(name="flaky", title="Flaky", config=FlakyConfig, norm="linf", run=run, doc="raises",
+    register(AttackSpec(family="solver", reference="a test", name="flaky", title="Flaky", config=FlakyConfig,
+                        norm="linf", run=run, doc="raises",
                         presets={"paper": {}}))
     try:
         toml = tmp_path / "f.toml"

@@ -138,38 +138,55 @@ def _mifgsm(x, x0, g, m, cfg, k=K):
 
 
 register(AttackSpec(
-    name="fgsm", title="FGSM", config=FGSMConfig, norm="linf", step=_fgsm, doc=FGSMConfig.__doc__, bound="eps",
+    name="fgsm", family="gradient",
+    reference=("Goodfellow, Shlens, Szegedy 2015, *Explaining and harnessing adversarial examples*; multi-label "
+               "form: Song et al. 2018; AdverTorch's GradientSignAttack"),
+    title="FGSM", config=FGSMConfig, norm="linf", step=_fgsm, doc=FGSMConfig.__doc__, bound="eps",
     presets={"paper": {"eps": 0.3}, "released": {"eps": 0.3}},
 ))
 register(AttackSpec(
-    name="fgm", title="FGM", config=FGMConfig, norm="l2", step=_fgm, doc=FGMConfig.__doc__, bound="eps",
+    name="fgm", family="gradient",
+    reference=("Miyato, Dai, Goodfellow 2017, *Adversarial training methods for semi-supervised text "
+               "classification*; multi-label form: Song et al. 2018; AdverTorch's GradientAttack"),
+    title="FGM", config=FGMConfig, norm="l2", step=_fgm, doc=FGMConfig.__doc__, bound="eps",
     # One step of the paper's 1.0 on a 3 x 20 x 20 test image (0.03 per pixel) need not add a label
     # to a tiny model (on one CPU it did not): a short run gets three times the budget.
     quick={"eps": 3.0},
     presets={"paper": {"eps": 1.0}, "released": {"eps": 1.0}},
 ))
 register(AttackSpec(
-    name="bim", title="BIM", config=LinfIterConfig, norm="linf", step=_linf, init=_linf_init,
+    name="bim", family="gradient",
+    reference=("Kurakin, Goodfellow, Bengio 2017, *Adversarial examples in the physical world*; AdverTorch's "
+               "LinfBasicIterativeAttack"),
+    title="BIM", config=LinfIterConfig, norm="linf", step=_linf, init=_linf_init,
     doc="BIM (Kurakin et al. 2017): " + LinfIterConfig.__doc__, bound="eps",
     quick={"iterations": 10, "step": 0.01},  # 10 steps that can still reach the bound 0.1 (10 x 0.002 cannot)
     presets={"paper": {"eps": 0.1, "step": 0.002, "iterations": 40},
              "released": {"eps": 0.3, "step": 0.02, "iterations": 30}},
 ))
 register(AttackSpec(
-    name="pgd", title="PGD", config=LinfIterConfig, norm="linf", step=_linf, init=_linf_init,
+    name="pgd", family="gradient",
+    reference=("Madry et al. 2018, *Towards deep learning models resistant to adversarial attacks*; AdverTorch's "
+               "LinfPGDAttack"),
+    title="PGD", config=LinfIterConfig, norm="linf", step=_linf, init=_linf_init,
     doc="PGD (Madry et al. 2018), random start: " + LinfIterConfig.__doc__, bound="eps",
     quick={"iterations": 10, "step": 0.02},  # 10 steps that go 2/3 of the way to the bound 0.3
     presets={"paper": {"eps": 0.3, "step": 0.002, "iterations": 40, "rand_init": True},
              "released": {"eps": 0.3, "step": 0.02, "iterations": 30, "rand_init": True}},
 ))
 register(AttackSpec(
-    name="slide", title="SLIDE", config=SLIDEConfig, norm="l1", step=_slide, doc=SLIDEConfig.__doc__, bound="eps",
+    name="slide", family="gradient",
+    reference=("Tramèr, Boneh 2019, *Adversarial training and robustness for multiple perturbations*; AdverTorch's "
+               "SparseL1DescentAttack"),
+    title="SLIDE", config=SLIDEConfig, norm="l1", step=_slide, doc=SLIDEConfig.__doc__, bound="eps",
     quick={"iterations": 10, "step": 50.0},  # the paper's step 0.01 moves no pixel by a grey level
     presets={"paper": {"eps": 10000.0, "step": 0.01, "iterations": 40, "sparsity": 0.95},
              "released": {"eps": 10000.0, "step": 300.0, "iterations": 40, "sparsity": 0.95}},
 ))
 register(AttackSpec(
-    name="mifgsm", title="MI-FGSM", config=MIFGSMConfig, norm="linf", step=_mifgsm, init=_mifgsm_init,
+    name="mifgsm", family="gradient",
+    reference="Dong et al. 2018, *Boosting adversarial attacks with momentum*; AdverTorch's MomentumIterativeAttack",
+    title="MI-FGSM", config=MIFGSMConfig, norm="linf", step=_mifgsm, init=_mifgsm_init,
     doc=MIFGSMConfig.__doc__, bound="eps", quick={"iterations": 10},
     presets={"paper": {"eps": 0.3, "step": 0.01, "iterations": 40, "decay": 1.0},
              "released": {"eps": 0.3, "step": 0.01, "iterations": 40, "decay": 1.0}},

@@ -309,7 +309,10 @@ def passes(cfg: MLALPConfig, l: int) -> Passes:
 
 
 register(AttackSpec(
-    name="mlalp", title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__, cost=passes,
+    name="mlalp", family="solver",
+    reference=("Zhou, Luo, Lin, Xu, Zhang 2020, *Generating multi-label adversarial examples by linear programming* "
+               "(IJCNN); code: github.com/hinanmu/MLALP `mla_lp`"),
+    title="MLA-LP", config=MLALPConfig, norm="linf", run=run, doc=__doc__, cost=passes,
     # Its cost is the LPs (CPU), each step takes the l x d Jacobian, and a process pool shared by
     # all batches of a process (``ctx["lp_pool"]``) solves the LPs of a batch in parallel.
     jacobian=True, cpu_bound=True, resources={"lp_pool": LPPool}, bound="bound", quick={"iterations": 4},

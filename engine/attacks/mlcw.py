@@ -143,7 +143,10 @@ def passes(cfg: MLCWConfig, l: int) -> Passes:
 
 
 register(AttackSpec(
-    name="mlcw", title="ML-CW", config=MLCWConfig, norm="l2", run=run, doc=__doc__, code_batch=("released",),
+    name="mlcw", family="solver",
+    reference=("Song, Jin, Huang, Hu 2018, *Multi-label adversarial perturbations* (ICDM), after Carlini, Wagner "
+               "2017; code: github.com/hinanmu/MLALP `ml_cw`"),
+    title="ML-CW", config=MLCWConfig, norm="l2", run=run, doc=__doc__, code_batch=("released",),
     cost=passes,
     # Adam amplifies the last-bit differences of batch-1 and batch-B convolutions; the binary search and
     # the early abort can even send a sample down another path.

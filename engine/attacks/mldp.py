@@ -104,7 +104,10 @@ def passes(cfg: MLDPConfig, l: int) -> Passes:
 
 
 register(AttackSpec(
-    name="mldp", title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__, jacobian=True, cost=passes,
+    name="mldp", family="solver",
+    reference=("Song, Jin, Huang, Hu 2018, *Multi-label adversarial perturbations* (ICDM), after DeepFool (Moosavi-"
+               "Dezfooli et al. 2016); code: github.com/hinanmu/MLALP `ml_deepfool`"),
+    title="ML-DP", config=MLDPConfig, norm="l2", run=run, doc=__doc__, jacobian=True, cost=passes,
     # (J J^T)^-1 amplifies the last-bit differences of batch-1 and batch-B convolutions.
     batch_size_exact=False, quick={"iterations": 10},
     presets={"paper": {"iterations": 20, "overshoot": 0.02},

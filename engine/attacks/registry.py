@@ -59,6 +59,31 @@ class Passes:
 
 
 @dataclass(frozen=True)
+class Family:
+    """A group of attacks that share their idea and their page in the documentation."""
+
+    title: str
+    intro: str
+
+
+# Families in the order the documentation lists them; every attack names one (``AttackSpec.family``).
+FAMILIES: dict[str, Family] = {
+    "gradient": Family("Gradient attacks", """
+        Attacks that follow the gradient of the loss towards the target, one forward and backward pass
+        per step, within a norm ball: the study's six AdverTorch-based attacks. Each is a small ``step``
+        run by the shared driver (one loop: compaction, early exit, compiled steps); the update itself
+        is one fused kernel (Triton on CUDA, torch elsewhere). The loss is the study's: binary
+        cross-entropy on clamped sigmoid probabilities towards y*."""),
+    "solver": Family("Solver attacks", """
+        Attacks that solve an optimisation problem per sample instead of taking fixed steps: the
+        linearised minimum-norm step (ML-DP), Carlini and Wagner's penalty method with a binary search
+        (ML-CW), and the exact linear program of MLA-LP. Each runs its own loop and returns the
+        driver's result type; what the runtime must know about them (Jacobians, CPU-bound solver
+        work, worker pools, batch-dependent rules) is a trait of their spec."""),
+}
+
+
+@dataclass(frozen=True)
 class AttackSpec:
     name: str
     title: str  # as the study's tables write it
@@ -66,6 +91,8 @@ class AttackSpec:
     presets: dict[str, dict[str, Any]]
     norm: str  # linf | l2 | l1
     doc: str
+    family: str  # a key of FAMILIES
+    reference: str  # the paper (and the code the implementation follows)
     # Iterative attacks (run by engine.attacks.driver):
     step: Callable | None = None  # (x, x0, grad, state, cfg) -> (x, state)
     init: Callable | None = None  # (x0, cfg, noise) -> (x, state); noise(lo, hi) gives per-sample U(lo, hi)
@@ -96,6 +123,8 @@ class AttackSpec:
     # amplifies (convolutions round differently for 1 and B images; a pseudo-inverse or Adam makes
     # that visible): it still never depends on its batch-mates or its place in the batch.
     batch_size_exact: bool = True
+    # The target the Python API, the CLI and sweep files use when none is given (engine.attacks.targets).
+    default_target: str = "show-many"
 
     @property
     def kind(self) -> str:
@@ -130,6 +159,8 @@ def register(spec: AttackSpec) -> AttackSpec:
         raise ValueError(f"attack {spec.name} has no 'paper' preset")
     if (spec.step is None) == (spec.run is None):
         raise ValueError(f"attack {spec.name} needs either a step (iterative) or a run (solver)")
+    if spec.family not in FAMILIES:
+        raise ValueError(f"attack {spec.name}: unknown family {spec.family!r}; valid: {', '.join(FAMILIES)}")
     if spec.bound is not None and spec.bound not in spec.config.schema():
         raise ValueError(f"attack {spec.name}: bound {spec.bound!r} is not a field of {spec.config.__name__}")
     spec.config.from_dict({**spec.presets["paper"], **spec.quick}, where=f"attack {spec.name} (quick)")
