@@ -57,3 +57,20 @@ def test_docs_pages_stand_alone():
             continue
         assert not re.search(r"\bissue[s]? #?\d+", prose, re.I), page
         assert not re.search(r"\b20\d\d-\d\d-\d\d\b", prose), page
+
+
+def _python_block(text: str, after: str) -> str:
+    section = text[text.index(after):]
+    code = section[section.index("```python") + len("```python"):]
+    return code[:code.index("```")]
+
+
+def test_the_readmes_python_example_runs(trained, demo_root, tmp_path, capsys):
+    """The README's example, as written, on the tests' tiny model and demo set."""
+    code = _python_block((REPO / "README.md").read_text(), "## From Python")
+    code = (code.replace('"runs/demo/data"', repr(str(demo_root)))
+            .replace('"runs/demo/ckpt/mlgcn.pt"', repr(str(trained["mlgcn"])))
+            .replace('"runs/mine.zarr"', repr(str(tmp_path / "mine.zarr"))))
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "mine.zarr" / "mlgcn" / "demo" / "pgd" / "zarr.json").is_file()
+    assert capsys.readouterr().out.strip()

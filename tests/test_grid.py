@@ -193,15 +193,15 @@ def test_adding_runs_to_the_file_extends_the_store_a_changed_run_is_refused(grid
         run_sweep(removed, out, local=True, progress=False)
 
 
-def test_readme_xarray_example_runs(grid_store, capsys):
+def test_the_store_pages_xarray_example_runs(grid_store, capsys):
     import xarray  # noqa: F401 - a test dependency: fail, not skip, without it
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Store layout"):]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "store.md").read_text()
+    section = page[page.index("## Reading it"):]
     code = section[section.index("```python") + len("```python"):]
     code = code[:code.index("```")]
     group = "mlgcn/demo/pgd@eps=0.3,iterations=3,step=0.05"
     code = code.replace('"runs/demo/store.zarr"', repr(str(grid_store))).replace('"mlgcn/demo/pgd"', repr(group))
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/store.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     rate = [r for r in collect(grid_store)[0] if r["run"] == group.split("/")[-1]][0]["success_final"][0]
     assert "'sample': 6" in out[0] and np.isclose(float(out[1]), rate), out
