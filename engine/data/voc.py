@@ -30,10 +30,8 @@ the first that exists: ``TOP/VOCdevkit/VOC<year>/JPEGImages`` when C is ``TOP/fi
 ``C/JPEGImages``. Class columns are matched by name (they must be exactly VOC's 20); rows keep the file's
 order (the released code takes the first N correctly classified images of it). VOC2007 names of fewer
 than 6 digits are zero-padded (``5`` -> ``000005``), as ML-LIW's loader does for CSVs saved by a
-spreadsheet.
-
-``root`` may be the ``VOCdevkit`` folder, the ``VOC2007`` / ``VOC2012`` folder itself, or the folder
-holding the CSVs.
+spreadsheet. ``root`` may be the ``VOCdevkit`` folder, the ``VOC2007`` / ``VOC2012`` folder itself, or the
+folder holding the CSVs.
 
 Labels. ``source="csv"``: from the CSVs above. ``source="txt"``: from the per-class files
 ``ImageSets/Main/<class>_<split>.txt`` (1 positive, -1 negative, 0 "difficult": the class appears only
