@@ -10,14 +10,15 @@ from torch import nn
 
 from engine import attacks, data, models, protocol
 from engine.attacks import targets
+from engine.attacks.losses import bce
 from engine.errors import UserError
 
 NORM_COL = {"l1": 1, "l2": 2, "linf": 3}
+FAMILIES = ("mlgcn", "mlliw")
 
 
-@pytest.fixture(scope="module")
-def batch(trained, demo_root):
-    """8 test images that both tiny models predict exactly right."""
+def attack_batch(trained, demo_root):
+    """8 test images that both tiny models predict exactly right: (images, labels, sample ids)."""
     ds = data.load("demo", root=demo_root, size=20)
     ok = None
     for path in trained.values():
@@ -29,14 +30,20 @@ def batch(trained, demo_root):
     return x, y, idx
 
 
-# Every registered attack gets the invariant tests below, run with its spec's ``quick`` parameters
-# (the paper preset, shortened) and checked against its spec's ``bound`` and ``norm``.
+@pytest.fixture(scope="module")
+def batch(trained, demo_root):
+    return attack_batch(trained, demo_root)
+
+
+# ------------------------------------------------------------- the contract every attack keeps
+# Every registered attack gets these checks, run with its spec's ``quick`` parameters (the paper
+# preset, shortened) and checked against its spec's ``bound`` and ``norm``: the tests below run them
+# over the registry, and a test can run them for any registered name (tests/test_recipe.py does, for
+# the development page's example attacks).
 ATTACKS = attacks.names()
 
 
-@pytest.mark.parametrize("family", ["mlgcn", "mlliw"])
-@pytest.mark.parametrize("name", ATTACKS)
-def test_attack_raises_label_count_within_bound(name, family, trained, batch):
+def check_label_count_within_bound(name, family, trained, batch):
     model = models.load(trained[family])
     x, y, idx = batch
     x_before = x.clone()
@@ -53,8 +60,6 @@ def test_attack_raises_label_count_within_bound(name, family, trained, batch):
     else:
         # The tiny ML-LIW is far more robust (as in the study); a few short steps need not add a label
         # on average, but they must add one somewhere or lower the loss towards y* = all ones.
-        from engine.attacks.losses import bce
-
         with torch.no_grad():
             ones = torch.ones_like(y)
             lower = bce(model(res.x_adv), ones, 0).mean() < bce(model(x), ones, 0).mean()
@@ -69,8 +74,7 @@ def test_attack_raises_label_count_within_bound(name, family, trained, batch):
     assert not res.failed.any(), res.reasons
 
 
-@pytest.mark.parametrize("name", ATTACKS)
-def test_batch_consistency_and_determinism(name, trained, batch):
+def check_batch_consistency_and_determinism(name, trained, batch):
     model = models.load(trained["mlgcn"])
     x, _, idx = batch
     x, idx = x[:4], idx[:4]
@@ -96,6 +100,54 @@ def test_batch_consistency_and_determinism(name, trained, batch):
     else:
         assert [int(r.label_count_final) for r in rows] == whole.label_count_final.tolist()
         torch.testing.assert_close(single, whole.x_adv, atol=1e-4, rtol=0)
+
+
+class NaNAfter(nn.Module):
+    """NaN logits for (images nearest to) clean sample 1 once they have moved off the clean image."""
+
+    def __init__(self, inner, x0):
+        super().__init__()
+        self.inner, self.x0 = inner, x0
+
+    def forward(self, x):
+        z = self.inner(x)
+        dist = torch.cdist(x.flatten(1), self.x0.flatten(1))
+        poisoned = (dist.argmin(1) == 1) & (dist.amin(1) > 0)
+        return torch.where(poisoned[:, None], torch.full_like(z, float("nan")), z)
+
+
+def check_nan_logits_fail_only_their_sample(name, trained, batch):
+    x, _, idx = batch
+    model = NaNAfter(models.load(trained["mlgcn"]), x[:4])
+    res = attacks.run(model, x[:4], name, sample_ids=idx[:4], **attacks.get(name).quick)
+    assert res.failed.tolist() == [False, True, False, False], res.reasons
+    assert "non-finite" in res.reasons[1]
+    assert torch.isfinite(res.x_adv).all() and torch.isfinite(res.norms).all()
+    assert (res.label_count_best[[0, 2, 3]] >= 1).all()
+
+
+def check_attack_contract(name, trained, batch):
+    """Every check above, for registered attack ``name``."""
+    for family in FAMILIES:
+        check_label_count_within_bound(name, family, trained, batch)
+    check_batch_consistency_and_determinism(name, trained, batch)
+    check_nan_logits_fail_only_their_sample(name, trained, batch)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_raises_label_count_within_bound(name, family, trained, batch):
+    check_label_count_within_bound(name, family, trained, batch)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_batch_consistency_and_determinism(name, trained, batch):
+    check_batch_consistency_and_determinism(name, trained, batch)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_nan_logits_mark_the_sample_failed_and_the_rest_goes_on(name, trained, batch):
+    check_nan_logits_fail_only_their_sample(name, trained, batch)
 
 
 def test_seed_changes_random_start(trained, batch):
@@ -331,31 +383,6 @@ def test_bad_attack_input(trained, batch):
         attacks.run(model, x, "slide", sparsity=1.0)
     with pytest.raises(UserError, match=r"images must lie in \[0, 1\]"):
         attacks.run(model, x * 3, "pgd")
-
-
-class NaNAfter(nn.Module):
-    """NaN logits for (images nearest to) clean sample 1 once they have moved off the clean image."""
-
-    def __init__(self, inner, x0):
-        super().__init__()
-        self.inner, self.x0 = inner, x0
-
-    def forward(self, x):
-        z = self.inner(x)
-        dist = torch.cdist(x.flatten(1), self.x0.flatten(1))
-        poisoned = (dist.argmin(1) == 1) & (dist.amin(1) > 0)
-        return torch.where(poisoned[:, None], torch.full_like(z, float("nan")), z)
-
-
-@pytest.mark.parametrize("name", ATTACKS)
-def test_nan_logits_mark_the_sample_failed_and_the_rest_goes_on(name, trained, batch):
-    x, _, idx = batch
-    model = NaNAfter(models.load(trained["mlgcn"]), x[:4])
-    res = attacks.run(model, x[:4], name, sample_ids=idx[:4], **attacks.get(name).quick)
-    assert res.failed.tolist() == [False, True, False, False], res.reasons
-    assert "non-finite" in res.reasons[1]
-    assert torch.isfinite(res.x_adv).all() and torch.isfinite(res.norms).all()
-    assert (res.label_count_best[[0, 2, 3]] >= 1).all()
 
 
 def test_mlalp_worker_pool_gives_the_inline_result(trained, batch):

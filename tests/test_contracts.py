@@ -16,14 +16,15 @@ from engine.errors import UserError
 LOADERS = data.names()
 
 
-@pytest.fixture(params=LOADERS)
-def written(request, tmp_path):
-    """(loader, root of its fixture data set)."""
-    name = request.param
+# ---------------------------------------------------------------- the checks every loader gets
+# The tests below run these over the registry; a test can run them for any registered loader
+# (tests/test_recipe.py does, for the development page's example loader): check_loader_contract.
+def write_fixture(name, folder):
+    """(the declared loader, the root of its fixture data set written under ``folder``)."""
     if name not in DATA_WRITERS:
         pytest.fail(f"data set loader {name!r} has no fixture writer: add one to DATA_WRITERS in tests/fixtures.py "
                     f"that writes a tiny data set in the loader's real on-disk format, holding each declared split")
-    return data.info(name), DATA_WRITERS[name](tmp_path)
+    return data.info(name), DATA_WRITERS[name](folder)
 
 
 def _one_line_error(match: str, **kw) -> str:
@@ -34,8 +35,8 @@ def _one_line_error(match: str, **kw) -> str:
     return msg
 
 
-def test_declared_splits_load_with_the_declared_labels_and_size(written):
-    loader, root = written
+def check_declared_splits(loader, root):
+    """Every declared split loads, with the declared label names and input size."""
     seen = None
     for split in loader.splits:
         ds = data.load(loader.name, root=root, split=split)
@@ -57,8 +58,7 @@ def test_declared_splits_load_with_the_declared_labels_and_size(written):
     assert data.load(loader.name, root=root).split == loader.test_split  # the default split
 
 
-def test_size_and_declared_options(written):
-    loader, root = written
+def check_size_and_declared_options(loader, root):
     base = data.load(loader.name, root=root)
     x, _ = data.load(loader.name, root=root, size=16)[0]
     assert x.shape == (3, 16, 16) and 0 <= x.min() and x.max() <= 1
@@ -74,16 +74,47 @@ def test_size_and_declared_options(written):
         assert mapped.label_names == order and np.array_equal(mapped.labels, base.labels[:, ::-1])
 
 
-def test_bad_calls_are_one_line_errors(written, tmp_path):
-    loader, root = written
+def check_bad_calls_are_one_line_errors(loader, root, nowhere):
+    """Unknown options, annotation sources and splits, and a missing root (``nowhere``)."""
     name = loader.name
     msg = _one_line_error("takes no option 'no_such_option'", name=name, root=root, no_such_option=1)
     assert f"data set {name!r}" in msg and "its options:" in msg
     msg = _one_line_error("annotation source", name=name, root=root, source="no-such-format")
     assert msg.endswith(f"valid: {', '.join(loader.sources)}")
     _one_line_error("no-such-split", name=name, root=root, split="no-such-split")
-    _one_line_error("nowhere", name=name, root=tmp_path / "nowhere")
+    _one_line_error("nowhere", name=name, root=nowhere)
+
+
+def check_every_loader_has_a_fixture_writer():
+    assert set(DATA_WRITERS) == set(data.names())
+
+
+def check_loader_contract(name, tmp_path):
+    """Every check above, for registered loader ``name``, on its fixture written under ``tmp_path``."""
+    loader, root = write_fixture(name, tmp_path / "data")
+    check_declared_splits(loader, root)
+    check_size_and_declared_options(loader, root)
+    check_bad_calls_are_one_line_errors(loader, root, tmp_path / "nowhere")
+    check_every_loader_has_a_fixture_writer()
+
+
+@pytest.fixture(params=LOADERS)
+def written(request, tmp_path):
+    """(loader, root of its fixture data set)."""
+    return write_fixture(request.param, tmp_path)
+
+
+def test_declared_splits_load_with_the_declared_labels_and_size(written):
+    check_declared_splits(*written)
+
+
+def test_size_and_declared_options(written):
+    check_size_and_declared_options(*written)
+
+
+def test_bad_calls_are_one_line_errors(written, tmp_path):
+    check_bad_calls_are_one_line_errors(*written, tmp_path / "nowhere")
 
 
 def test_every_loader_has_a_fixture_writer():
-    assert set(DATA_WRITERS) == set(LOADERS)
+    check_every_loader_has_a_fixture_writer()

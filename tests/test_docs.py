@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _generator():
+def load_generator():
     spec = importlib.util.spec_from_file_location("docs_generate", REPO / "docs" / "generate.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -17,13 +17,13 @@ def _generator():
 
 
 def test_committed_pages_are_what_the_generator_writes():
-    gen = _generator()
+    gen = load_generator()
     stale = [rel for rel, text in gen.pages().items() if (REPO / rel).read_text() != text]
     assert stale == [], f"out of date (run `make docs` and commit): {stale}"
 
 
 def test_fill_replaces_only_marked_blocks():
-    gen = _generator()
+    gen = load_generator()
     text = "a\n<!-- BEGIN generated:x -->\nold\n<!-- END generated:x -->\nb\n<!-- BEGIN generated:y -->\nkeep\n" \
            "<!-- END generated:y -->\n"
     out = gen.fill(text, {"x": "new\nlines"})

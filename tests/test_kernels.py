@@ -214,9 +214,9 @@ def tk():
         yield mods
 
 
-@pytest.mark.skipif(IN_INTERPRETER, reason="this process is the interpreter run")
-@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
-def test_interpreter_suite():
+def interpreter_suite(test_file):
+    """Run the ``test_tri_*`` tests of ``test_file`` in a child pytest with TRITON_INTERPRET=1 (see
+    the module docstring); every one of them must pass, none be skipped."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("SML_KERNELS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -224,7 +224,7 @@ def test_interpreter_suite():
         sys.executable,
         "-m",
         "pytest",
-        str(Path(__file__).resolve()),
+        str(Path(test_file).resolve()),
         "-q",
         "-k",
         "test_tri_",
@@ -237,6 +237,12 @@ def test_interpreter_suite():
     # rc 5 (nothing collected) fails too: it would mean the selection broke.
     assert proc.returncode == 0, tail
     assert " passed" in proc.stdout and " skipped" not in proc.stdout, tail
+
+
+@pytest.mark.skipif(IN_INTERPRETER, reason="this process is the interpreter run")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_interpreter_suite():
+    interpreter_suite(__file__)
 
 
 # --------------------------------------------------------------------------
@@ -698,7 +704,7 @@ def test_tri_dispatch_routes_to_triton(tk, monkeypatch):
     x, x0, g = make_inputs((2, 3, 9, 11), 20)
     m = torch.randn_like(g)
     calls = []
-    monkeypatch.setattr(tk["linf"], "_linf_kernel", _Spy(tk["linf"]._linf_kernel, calls))
+    monkeypatch.setattr(tk["linf"], "_linf_kernel", LaunchSpy(tk["linf"]._linf_kernel, calls))
     assert dispatch.backend_for(x) == "triton"
     torch.testing.assert_close(dispatch.linf_step(x, x0, g, 0.1, 0.1), R.linf_step(x, x0, g, 0.1, 0.1))
     assert calls, "dispatch did not reach the Triton launcher"
@@ -721,7 +727,9 @@ def test_tri_dispatch_routes_to_triton(tk, monkeypatch):
     assert not calls
 
 
-class _Spy:
+class LaunchSpy:
+    """Stands in for a @triton.jit kernel: records each launch's grid, then launches."""
+
     def __init__(self, kernel, calls):
         self.kernel, self.calls = kernel, calls
 
@@ -763,8 +771,10 @@ def _compile_cases():
     }
 
 
-def _check_compiled(backend):
-    for name, (fn, args) in _compile_cases().items():
+def check_traces_as_one_graph(backend, cases):
+    """Each ``name: (fn, args)`` of ``cases`` compiles with ``fullgraph`` under ``backend`` and
+    gives what it gives eagerly."""
+    for name, (fn, args) in cases.items():
         # fullgraph: any graph break (.item(), data-dependent branching) fails.
         got = torch.compile(fn, backend=backend, fullgraph=True)(*args)
         want = fn(*args)
@@ -777,7 +787,7 @@ def _check_compiled(backend):
 def test_reference_traces_fullgraph(monkeypatch):
     """Dynamo captures each reference as a single graph (cheap: no inductor codegen)."""
     monkeypatch.delenv("SML_KERNELS", raising=False)
-    _check_compiled("aot_eager")
+    check_traces_as_one_graph("aot_eager", _compile_cases())
 
 
 @pytest.mark.slow
@@ -787,10 +797,10 @@ def test_reference_traces_fullgraph(monkeypatch):
 def test_reference_compiles_inductor(monkeypatch):
     """Full inductor compile on CPU: ~40 s on 2 cores, mostly slide's two 31-pass searches."""
     monkeypatch.delenv("SML_KERNELS", raising=False)
-    _check_compiled("inductor")
+    check_traces_as_one_graph("inductor", _compile_cases())
 
 
-def _ptxas_available():
+def ptxas_available():
     try:
         import triton
 
@@ -821,37 +831,50 @@ _EXAMPLE_CALLS = {
 
 
 def _aot_cases(monkeypatch):
-    """(kernel, signature, constexprs, num_warps) of every launch the public steps make, with each
-    kernel module's entry kernels (``*_kernel``) replaced by recorders; a kernel that no public
-    step launches is an error, so a new kernel cannot go without its AOT case."""
+    """(kernel, signature, constexprs, num_warps) of every launch the public steps of
+    kernels.dispatch make (its example calls), over every kernel module of kernels/."""
+    from kernels import dispatch as D
+
+    modules = [importlib.import_module(f"kernels.{f.stem}") for f in sorted(KDIR.glob("*.py"))
+               if not f.stem.startswith("_")]
+    missing = sorted(set(D.__all__) - {"backend_for"} - set(_EXAMPLE_CALLS))
+    assert not missing, f"add an example call to _EXAMPLE_CALLS for {missing}"
+
+    def calls():
+        x = torch.rand(3, 3, 5, 7)
+        x0, g, m = torch.rand_like(x), torch.randn_like(x), torch.randn_like(x)
+        for name, make in _EXAMPLE_CALLS.items():
+            for call in make(x, x0, g, m):
+                getattr(D, name)(*call["args"], **call.get("kw", {}))
+
+    return record_launches(monkeypatch, modules, calls)
+
+
+def record_launches(monkeypatch, modules, calls):
+    """(kernel, signature, constexprs, num_warps) of every launch ``calls()`` makes through the
+    routers of kernels.dispatch (sent to the Triton launchers whatever the device), with each of
+    ``modules``' entry kernels (``*_kernel``) replaced by recorders; a kernel that no call launches
+    is an error, so a new kernel cannot go without its AOT case."""
     import triton
 
     from kernels import dispatch as D
 
     recorders = {}
-    for info in sorted(KDIR.glob("*.py")):
-        if info.stem.startswith("_"):
-            continue
-        mod = importlib.import_module(f"kernels.{info.stem}")
+    for mod in modules:
+        stem = mod.__name__.rsplit(".", 1)[-1]
         for name, obj in vars(mod).items():
             if not isinstance(obj, triton.runtime.jit.JITFunction):
                 continue
             # A kernel is launched if it asks for its program id (helpers are passed the ids); the
             # name rule makes that visible, and only launched kernels are recorded.
             assert ("program_id" in obj.src) == name.endswith("_kernel"), (
-                f"kernels.{info.stem}.{name}: name the launched kernels *_kernel, and only them")
+                f"kernels.{stem}.{name}: name the launched kernels *_kernel, and only them")
             if name.endswith("_kernel"):
-                rec = recorders[f"{info.stem}.{name}"] = _Recorder(obj)
+                rec = recorders[f"{stem}.{name}"] = _Recorder(obj)
                 monkeypatch.setattr(mod, name, rec)
     assert recorders, "no Triton kernels found"
     monkeypatch.setattr(D, "_use_triton", lambda x: True)
-    x = torch.rand(3, 3, 5, 7)
-    x0, g, m = torch.rand_like(x), torch.randn_like(x), torch.randn_like(x)
-    missing = sorted(set(D.__all__) - {"backend_for"} - set(_EXAMPLE_CALLS))
-    assert not missing, f"add an example call to _EXAMPLE_CALLS for {missing}"
-    for name, make in _EXAMPLE_CALLS.items():
-        for call in make(x, x0, g, m):
-            getattr(D, name)(*call["args"], **call.get("kw", {}))
+    calls()
     unlaunched = sorted(k for k, r in recorders.items() if not r.calls)
     assert not unlaunched, f"no public step launches {unlaunched}: give it an example call"
 
@@ -878,7 +901,7 @@ def _aot_cases(monkeypatch):
 
 
 @pytest.mark.skipif(IN_INTERPRETER, reason="needs compiled (non-interpreted) triton")
-@pytest.mark.skipif(not _ptxas_available(), reason="triton without the NVIDIA backend toolchain")
+@pytest.mark.skipif(not ptxas_available(), reason="triton without the NVIDIA backend toolchain")
 @pytest.mark.parametrize("arch", [80, 90], ids=["sm_80", "sm_90"])
 def test_kernels_compile_for_gpu(arch, monkeypatch):
     """Compile every kernel launch the public steps make to a cubin for A100 (sm_80) and H100/H200
@@ -887,9 +910,6 @@ def test_kernels_compile_for_gpu(arch, monkeypatch):
     The interpreter accepts code the compiler rejects (e.g. non-constexpr globals, reassigned
     constexprs), so this catches GPU-only breakage on a CPU-only CI.
     """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from triton.runtime.interpreter import InterpretedFunction
 
     import kernels.linf as linf
@@ -898,6 +918,15 @@ def test_kernels_compile_for_gpu(arch, monkeypatch):
         pytest.skip("kernel modules were imported under TRITON_INTERPRET=1 in this process")
     cases = _aot_cases(monkeypatch)
     assert len(cases) >= 7
+    compile_for_gpu(cases, arch)
+
+
+def compile_for_gpu(cases, arch):
+    """Compile each of ``cases`` (record_launches') to a cubin for sm_``arch`` (no GPU needed)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     seen = set()
     for key, fn, sig, cx, nw in cases:
         ident = (key, tuple(sorted(sig.items())), tuple(sorted(cx.items())), nw)

@@ -47,15 +47,91 @@ ATTACK_CASES = [(name, k, v, rule) for name in attacks.names() for k, v, rule in
 CASE_IDS = [f"{a}-{k}={v!r}" for a, k, v, _ in ATTACK_CASES]
 
 
-# ---------------------------------------------------------------- declarations
-@pytest.mark.parametrize("name", attacks.names())
-def test_every_numeric_attack_field_declares_its_range(name):
+# ---------------------------------------------------------------- the checks every attack gets
+# The tests below run these over the registry; a test can run them for any registered name
+# (tests/test_recipe.py does, for the development page's example attacks): check_attack_validation.
+def check_attack_declares_its_ranges(name):
     cfg = attacks.get(name).config
     undeclared = [k for k, _ in _numeric(cfg) if not cfg.field_rules()[k].bounded]
     assert undeclared == [], f"{name}: numeric fields without a declared range (engine.config.param)"
     assert all(cfg.field_rules()[k].doc for k in cfg.field_names()), f"{name}: a field without a doc"
     for preset in attacks.get(name).presets:  # every preset is inside the ranges
         attacks.make_config(name, preset)
+
+
+def check_value_outside_its_range(name, key, value, rule):
+    """The Python API and a run spec refuse ``value`` for field ``key``, naming the field."""
+    integer = attacks.get(name).config.schema()[key] is int
+    with pytest.raises(UserError) as e:
+        attacks.make_config(name, **{key: value})
+    assert e.value.key == key
+    assert f"{key} must be {rule.expected(integer)}" in str(e.value), str(e.value)
+    # Through a run spec the key says where the field sits.
+    with pytest.raises(UserError) as e:
+        RunSpec.from_dict({"attack": name, "params": {key: value}})
+    assert e.value.key == f"params.{key}"
+
+
+def check_non_finite_floats_refused(name):
+    cfg = attacks.get(name).config
+    floats = [k for k, t in cfg.schema().items() if t is float]
+    for k in floats:
+        for v in (math.nan, math.inf, -math.inf):
+            with pytest.raises(UserError, match=f"{k} must be a finite number") as e:
+                attacks.make_config(name, **{k: v})
+            assert e.value.key == k
+
+
+def check_cli_refuses_a_value_outside_its_range(name, key, value, folder, capsys):
+    """Before anything is loaded (the checkpoint does not even exist) and with nothing written in
+    ``folder`` (empty before)."""
+    out = folder / "x.zarr"
+    rc, err = _sml(capsys, "attack", "--checkpoint", folder / "none.pt", "--attack", name, "--out", out,
+                   "--param", f"{key}={value!r}", "--no-progress")
+    assert rc == 2 and err.startswith("sml: error: ") and "\n" not in err, err
+    assert f"{key} must be" in err and "checkpoint" not in err, err
+    assert not out.exists() and list(folder.iterdir()) == []
+
+
+def check_sweep_file_names_the_line(name, folder):
+    """A sweep file with the attack's first out-of-range value: the error names its line."""
+    cases = _cases(attacks.get(name).config)
+    key, value, _ = cases[0]
+    (folder / "m.pt").write_bytes(b"")
+    text = ('[sweep]\nbase = "."\n\n[[model]]\ncheckpoint = "m.pt"\n\n[[attack]]\nname = "fgsm"\n\n'
+            f'[[attack]]\nname = "{name}"\npresets = ["paper"]\nparams = {{ {key} = {value!r} }}\n')
+    (folder / "s.toml").write_text(text)
+    with pytest.raises(UserError) as e:
+        load_sweep(folder / "s.toml")
+    assert str(e.value).startswith(f"{folder / 's.toml'}:13: [[attack]] #2 ({name}): "), str(e.value)
+    assert f"{key} must be" in str(e.value)
+
+
+def check_attack_validation(name, tmp_path, capsys):
+    """Every check above, for registered attack ``name``, over every field it declares."""
+    check_attack_declares_its_ranges(name)
+    check_non_finite_floats_refused(name)
+    cases = _cases(attacks.get(name).config)
+    assert cases, f"{name}: no numeric field to check"
+    for i, (key, value, rule) in enumerate(cases):
+        check_value_outside_its_range(name, key, value, rule)
+        folder = tmp_path / f"cli-{i}"
+        folder.mkdir()
+        check_cli_refuses_a_value_outside_its_range(name, key, value, folder, capsys)
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    check_sweep_file_names_the_line(name, folder)
+
+
+def _sml(capsys, *argv) -> tuple[int, str]:
+    rc = cli.main.main([str(a) for a in argv])
+    return rc, capsys.readouterr().err.strip()
+
+
+# ---------------------------------------------------------------- declarations
+@pytest.mark.parametrize("name", attacks.names())
+def test_every_numeric_attack_field_declares_its_range(name):
+    check_attack_declares_its_ranges(name)
 
 
 @pytest.mark.parametrize("cls", [ProtocolConfig, DemoDataConfig, ModelConfig, TrainConfig, SweepSettings])
@@ -81,26 +157,12 @@ def test_the_reported_cases_have_their_ranges():
 # ---------------------------------------------------------------- the Python API
 @pytest.mark.parametrize("name,key,value,rule", ATTACK_CASES, ids=CASE_IDS)
 def test_attack_value_outside_its_range_names_the_field(name, key, value, rule):
-    integer = attacks.get(name).config.schema()[key] is int
-    with pytest.raises(UserError) as e:
-        attacks.make_config(name, **{key: value})
-    assert e.value.key == key
-    assert f"{key} must be {rule.expected(integer)}" in str(e.value), str(e.value)
-    # Through a run spec the key says where the field sits.
-    with pytest.raises(UserError) as e:
-        RunSpec.from_dict({"attack": name, "params": {key: value}})
-    assert e.value.key == f"params.{key}"
+    check_value_outside_its_range(name, key, value, rule)
 
 
 @pytest.mark.parametrize("name", attacks.names())
 def test_non_finite_floats_are_refused(name):
-    cfg = attacks.get(name).config
-    floats = [k for k, t in cfg.schema().items() if t is float]
-    for k in floats:
-        for v in (math.nan, math.inf, -math.inf):
-            with pytest.raises(UserError, match=f"{k} must be a finite number") as e:
-                attacks.make_config(name, **{k: v})
-            assert e.value.key == k
+    check_non_finite_floats_refused(name)
 
 
 @pytest.mark.parametrize("cls", [ProtocolConfig, DemoDataConfig, ModelConfig, TrainConfig, SweepSettings, ModelEntry])
@@ -151,20 +213,9 @@ def test_param_declares_and_describes():
 
 
 # ---------------------------------------------------------------- the CLI
-def _sml(capsys, *argv) -> tuple[int, str]:
-    rc = cli.main.main([str(a) for a in argv])
-    return rc, capsys.readouterr().err.strip()
-
-
 @pytest.mark.parametrize("name,key,value,rule", ATTACK_CASES, ids=CASE_IDS)
 def test_cli_refuses_an_attack_value_outside_its_range(tmp_path, capsys, name, key, value, rule):
-    """Before anything is loaded (the checkpoint does not even exist) and with nothing written."""
-    out = tmp_path / "x.zarr"
-    rc, err = _sml(capsys, "attack", "--checkpoint", tmp_path / "none.pt", "--attack", name, "--out", out,
-                   "--param", f"{key}={value!r}", "--no-progress")
-    assert rc == 2 and err.startswith("sml: error: ") and "\n" not in err, err
-    assert f"{key} must be" in err and "checkpoint" not in err, err
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    check_cli_refuses_a_value_outside_its_range(name, key, value, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("name,kw", [("mlcw", "lr=-1"), ("mlcw", "initial_const=-5"), ("mldp", "overshoot=-1")])
@@ -226,16 +277,7 @@ def test_cli_help_shows_the_declared_ranges_and_defaults(capsys):
 # ---------------------------------------------------------------- sweep files
 @pytest.mark.parametrize("name", attacks.names())
 def test_sweep_file_names_the_line_of_an_out_of_range_param(tmp_path, name):
-    cases = _cases(attacks.get(name).config)
-    key, value, _ = cases[0]
-    (tmp_path / "m.pt").write_bytes(b"")
-    text = ('[sweep]\nbase = "."\n\n[[model]]\ncheckpoint = "m.pt"\n\n[[attack]]\nname = "fgsm"\n\n'
-            f'[[attack]]\nname = "{name}"\npresets = ["paper"]\nparams = {{ {key} = {value!r} }}\n')
-    (tmp_path / "s.toml").write_text(text)
-    with pytest.raises(UserError) as e:
-        load_sweep(tmp_path / "s.toml")
-    assert str(e.value).startswith(f"{tmp_path / 's.toml'}:13: [[attack]] #2 ({name}): "), str(e.value)
-    assert f"{key} must be" in str(e.value)
+    check_sweep_file_names_the_line(name, tmp_path)
 
 
 @pytest.mark.parametrize("tables,text", [

@@ -99,6 +99,11 @@ def register(loader: Loader) -> Loader:
     return loader
 
 
+def unregister(name: str) -> None:
+    """Remove a loader (tests that register an example loader clean up after themselves)."""
+    LOADERS.pop(name, None)
+
+
 def names() -> list[str]:
     return sorted(LOADERS, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 

@@ -24,9 +24,22 @@ FIXED = ("model_key", "dataset", "run", "attack", "preset", "params", "target", 
          "iters", "success", "success_best", "failed", "reason")
 
 
+def further_fields() -> list[str]:
+    """Per-sample result fields of the format (engine.results.format) beyond the fixed columns: one
+    column each, after them."""
+    return [k for k, (_, trail) in RESULT_FIELDS.items() if trail is None and k not in FIXED]
+
+
+def _cell(v: np.generic) -> int | float:
+    """A further field's value as the fixed columns write theirs (flags as 0/1)."""
+    v = v.item()
+    return int(v) if isinstance(v, bool) else v
+
+
 def sample_rows(store_path) -> list[dict]:
     root = open_store(store_path, "r")
     rows = []
+    further = further_fields()
     for model, dataset, key, run in iter_runs(root):
         a = dict(run.attrs)
         done = done_rows(run)
@@ -42,7 +55,7 @@ def sample_rows(store_path) -> list[dict]:
                  **{f"norm_{n}": float(v) for n, v in zip(NORMS, arr["norms"][i])},
                  "iters": int(arr["iters"][i]), "success": int(arr["success"][i]),
                  "success_best": int(arr["success_best"][i]), "failed": int(arr["failed"][i]),
-                 "reason": str(arr["reason"][i])}
+                 "reason": str(arr["reason"][i]), **{k: _cell(arr[k][i]) for k in further}}
             for n, need in enumerate(ladder):
                 r[f"success_n{n}"] = int(arr["label_count_final"][i] >= need)  # protocol.success_rates' rule
             rows.append(r)
@@ -54,7 +67,7 @@ def export_csv(store_path, out_dir) -> Path:
     if not rows:
         raise UserError(f"{store_path}: the store holds no finished samples to export")
     levels = max(sum(k.startswith("success_n") for k in r) for r in rows)
-    fields = [*FIXED, *(f"success_n{n}" for n in range(levels))]
+    fields = [*FIXED, *further_fields(), *(f"success_n{n}" for n in range(levels))]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", restval="")
     w.writeheader()
