@@ -14,12 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.gpu import REPO, log
+from bench.gpu import log
 from bench.gpu.attacks import attack_rows, mode_row
 from bench.gpu.kernels import kernel_rows
 from bench.gpu.measure import floor_seconds, stand_in_images, stand_in_model
 from bench.gpu.sweep import sweep_rows
-from bench.gpu.table import format_table, slug
+from bench.gpu.table import format_table
 from bench.gpu.wheels import WHEELS, download_wheels, ensure_packages
 
 BUDGET_S = 330.0
@@ -194,14 +194,17 @@ def _report(a, rows: list[dict], gpu: str, packages: str, t_start: float) -> int
     print(format_table(rows))
     print(f"\n{gpu}, torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}: "
           f"{meta['seconds']:.0f} s of a {a.budget:.0f} s budget")
-    rows.append(meta)
-    out_dir = REPO / "bench" / "results"
-    paths = [a.json] if a.json else []
     if not a.tiny:  # a smoke run's figures are no results
-        out_dir.mkdir(exist_ok=True)
-        paths.insert(0, out_dir / f"{dt.date.today().isoformat()}-{slug(gpu)}.json")
-    for path in paths:
-        path.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-        print(f"wrote {path}")
+        # Engine code only now, after ensure_packages made it importable on a bare machine.
+        from bench.record import write_result
+
+        cmd = "python3 -m bench.gpu_check" + (f" --budget {a.budget:g}" if a.budget != BUDGET_S else "")
+        path = write_result("gpu-check", {"rows": rows, "table": format_table(rows), "meta": meta}, command=cmd,
+                            device="cuda" if gpu != "cpu" else "cpu")
+        print(f"wrote {path} (the docs' GPU page is generated from it)")
+    rows.append(meta)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1, default=str) + "\n")
+        print(f"wrote {a.json}")
     failed = [r for r in rows if r.get("ok") is False]
     return 1 if failed else 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from engine.util import markdown_table
 
 
@@ -27,5 +25,3 @@ def format_table(rows: list[dict]) -> str:
                                      "compile s", "peak GiB", "agreement / note"], map(_cells, rows)))
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
