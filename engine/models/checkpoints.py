@@ -126,6 +126,9 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         raise UserError(f"{path}: cannot read checkpoint ({_short(e)})") from None
 
 
+load_file = _torch_load  # the same safe loader for the other model sources (engine.models.zoo)
+
+
 def read(
     path: str | Path,
     embedding: str | Path | None = None,

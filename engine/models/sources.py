@@ -9,7 +9,9 @@ Your own model is one of
 - a torchvision classifier, ``torchvision = "resnet18"`` (any name ``torchvision.models.get_model``
   knows), built with ``num_classes`` = the number of labels, its weights from ``checkpoint``: a
   state dict, or ``{"state_dict": ..., "label_names": [...]}``. It was trained on ImageNet-normalised
-  images, as torchvision's own weights are: that normalisation is put in front of it.
+  images, as torchvision's own weights are: that normalisation is put in front of it;
+- a timm classifier, ``timm = "resnet10t"``, or one of ASL's TResNets, ``asl = "tresnet_l"``, with
+  their checkpoints as saved: engine.models.zoo.
 
 Contract: the module maps float32 images in [0, 1], shaped (B, 3, H, W), to one score per label,
 (B, L) -- logits (label shown iff logit >= 0), or probabilities with ``output = "probabilities"``
@@ -45,13 +47,15 @@ from engine import data as datasets
 from engine.config import OUTPUTS
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
-from engine.models import checkpoints, from_checkpoint
+from engine.models import checkpoints, from_checkpoint, zoo
 from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from engine.util import file_digest
 
 log = logging.getLogger(__name__)
 
-OWN = ("factory", "torchscript", "torchvision")  # the kinds of own model; none of them: our checkpoint
+OWN = ("factory", "torchscript", "torchvision", "timm", "asl")  # the kinds of own model; none: our checkpoint
+WEIGHTS = ("torchvision", "timm", "asl")  # an architecture by name: its weights come from the checkpoint
+NAMED = {"timm": zoo.check_timm_name, "asl": zoo.check_asl_name}  # names checked before any file is read
 KEYS = (*OWN, "label_names", "output", "input_size")  # what a source dict may hold
 PROB_EPS = 1e-6
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -89,13 +93,15 @@ def check(checkpoint: str | Path | None, source: dict | None) -> None:
         raise UserError(f"unknown model key(s) {', '.join(unknown)}; valid: checkpoint, {', '.join(KEYS)}")
     kinds = [k for k in OWN if source.get(k)]
     if len(kinds) > 1:
-        raise UserError(f"give one of factory, torchscript, torchvision, not {' and '.join(kinds)}")
+        raise UserError(f"give one of {', '.join(OWN)}, not {' and '.join(kinds)}")
     kind = kinds[0] if kinds else None
     if kind is None and not checkpoint:
         raise UserError("no model: give a checkpoint, or your own model as factory (module:function), "
                         "torchscript (a file) or torchvision (an architecture, with its checkpoint)")
-    if kind == "torchvision" and not checkpoint:
-        raise UserError(f"torchvision {source['torchvision']!r} needs a checkpoint: its fine-tuned state dict")
+    if kind in WEIGHTS and not checkpoint:
+        raise UserError(f"{kind} {source[kind]!r} needs a checkpoint: its fine-tuned state dict")
+    if kind in NAMED:
+        NAMED[kind](str(source[kind]))
     if kind == "torchscript" and checkpoint:
         raise UserError("a torchscript file holds its own weights: give no checkpoint with it")
     if kind == "factory" and not FACTORY.match(str(source["factory"])):
@@ -107,7 +113,7 @@ def check(checkpoint: str | Path | None, source: dict | None) -> None:
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise UserError(f"input_size must be a positive integer, got {size!r}")
     if kind is None and (out != "logits" or size is not None):
-        raise UserError("output and input_size are for your own models (factory, torchscript, torchvision); "
+        raise UserError(f"output and input_size are for your own models ({', '.join(OWN)}); "
                         "a checkpoint of ours gives logits at its own input size")
     names = source.get("label_names")
     if names is not None and not isinstance(names, str) and \
@@ -260,9 +266,13 @@ def load(checkpoint: str | Path | None, source: dict | None = None, *, embedding
     elif kind == "torchscript":
         net, names, parts = _torchscript(source["torchscript"], names)
         backbone = Path(source["torchscript"]).name
-    else:
+    elif kind == "torchvision":
         net, names, parts = _torchvision(source["torchvision"], checkpoint, names)
         backbone = source["torchvision"]
+    else:
+        net, names, parts = (zoo.timm_net if kind == "timm" else zoo.asl_net)(source[kind], checkpoint, names,
+                                                                           trust_pickle)
+        backbone = source[kind]
     if names is None:
         raise UserError(f"{what}: no label names: give label_names (a file or a list; --label-names)"
                         + (", return (module, label_names) or set module.label_names" if kind == "factory" else ""))
@@ -274,7 +284,7 @@ def load(checkpoint: str | Path | None, source: dict | None = None, *, embedding
     _check_forward(model, what)
     ident = {**parts, "label_names": model.label_names, "output": source.get("output", "logits"), "input_size": size}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    family = source["torchvision"] if kind == "torchvision" else kind
+    family = source["torchvision"] if kind == "torchvision" else kind  # timm | asl: the backbone names the net
     return Loaded(model, model.label_names, family, backbone, size, digest, what, key, source=source)
 
 

@@ -23,7 +23,7 @@ import torch
 
 import engine
 
-PACKAGES = ("torch", "torchvision", "triton", "numpy", "ray", "zarr", "highspy")
+PACKAGES = ("torch", "torchvision", "timm", "triton", "numpy", "ray", "zarr", "highspy")
 # What must agree between the runs of one table for their numbers to be comparable as the README
 # claims (bitwise identity holds for the same versions and device, see "Determinism").
 COMPARED = ("packages", "device", "device_count", "cuda", "cpu", "engine_version", "git_commit")

@@ -35,6 +35,8 @@ blame, and engine.runtime.sweep.locate finds its line (tomllib gives none)::
     #                                      #   a module, or (module, label_names)
     # torchscript = "model.pt"             #   a torch.jit.save file
     # torchvision = "resnet18"             #   + checkpoint = its state dict (ImageNet-normalised input)
+    # timm = "resnet10t"                   #   + checkpoint = its state dict (timm's mean/std in front)
+    # asl = "tresnet_l"                    #   + checkpoint = the ASL authors' file (raw pixels)
     # label_names = "labels.txt"           #   or a list; default: the factory's / the file's
     # output = "logits"                    #   or "probabilities" (converted to logits)
     # input_size = 224                     #   default: the module's input_size, else the data set's
@@ -107,6 +109,8 @@ class ModelEntry(Config):
     factory: str | None = None  # "module:function"
     torchscript: str | None = None  # a torch.jit.save file
     torchvision: str | None = None  # an architecture name, its state dict in checkpoint
+    timm: str | None = None  # a timm architecture name, its state dict in checkpoint
+    asl: str | None = None  # tresnet_m | tresnet_l | tresnet_xl, the ASL authors' checkpoint in checkpoint
     label_names: str | list[str] | None = None  # a file (one per line) or a list
     output: str = param("logits", choices=OUTPUTS, doc="what your model returns")
     input_size: int | None = param(None, ge=1, doc="input size in px (default: the model's input_size "

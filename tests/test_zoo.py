@@ -1,0 +1,133 @@
+"""The timm and ASL model sources (engine.models.zoo) against timm's own forward, on random weights:
+the timm source equals timm's model after timm's normalisation; the ASL source equals timm's
+TResNet on the same weights, given in timm's layout and in the authors' (Alibaba-MIIL/ASL) layout;
+bad names and checkpoints are one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from cli.main import main
+from engine.errors import UserError
+from engine.models import sources, zoo
+
+SIZE = 64
+LABELS = [f"label{i}" for i in range(5)]
+
+
+def _randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere, BatchNorm statistics included (eval mode uses them), and BatchNorm
+    scales away from 0 so that the authors' |w| + eps round-trips."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith(("bn.weight", "running_var")):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * (0.1 if t.dim() < 2 else (2.0 / t[0].numel()) ** 0.5))
+    return net.eval()
+
+
+class Box:
+    """A pickled object of a class: the weights-only loader refuses to build it."""
+
+
+@pytest.fixture(scope="module")
+def tresnet():
+    return _randomize(timm.create_model("tresnet_m", num_classes=len(LABELS)))
+
+
+def test_timm_source_equals_timms_forward_after_its_normalisation(tmp_path):
+    net = _randomize(timm.create_model("resnet10t", num_classes=len(LABELS)))
+    path = tmp_path / "r10t.pt"
+    torch.save({"state_dict": net.state_dict(), "label_names": LABELS, "input_size": SIZE}, path)
+    m = sources.load(path, {"timm": "resnet10t"})
+    assert (m.family, m.backbone, m.label_names, m.input_size) == ("timm", "resnet10t", LABELS, SIZE)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    mean = torch.tensor(net.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(net.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    assert not torch.equal(mean, torch.zeros_like(mean))  # the check below would not see a missing normalisation
+    with torch.no_grad():
+        want, got = net((x - mean) / std), m.model(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    # A bare state dict needs the label names from outside (--label-names), one per head row.
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    assert sources.load(tmp_path / "bare.pt", {"timm": "resnet10t"}, label_names=LABELS).label_names == LABELS
+    with pytest.raises(UserError, match="no label names"):
+        sources.load(tmp_path / "bare.pt", {"timm": "resnet10t"})
+    with pytest.raises(UserError, match="5 outputs but 3 label names"):
+        sources.load(tmp_path / "bare.pt", {"timm": "resnet10t"}, label_names=LABELS[:3])
+
+
+def test_asl_layout_conversion_names_the_authors_keys(tresnet):
+    """The authors' key names (their src/models/tresnet/tresnet.py): conv2d_ABN = Sequential(conv,
+    InPlaceABN) -> .0 / .1, wrapped with the anti-aliasing layer in stride-2 blocks -> .0.0 / .0.1."""
+    asl = zoo.timm_to_asl(tresnet.state_dict(), tresnet)
+    for key in ("body.conv1.0.weight", "body.conv1.1.running_var", "body.layer1.0.conv1.0.weight",
+                "body.layer2.0.conv1.0.0.weight", "body.layer2.0.conv1.0.1.bias", "body.layer2.0.conv2.1.weight",
+                "body.layer2.0.downsample.1.0.weight", "body.layer2.0.downsample.1.1.running_mean",
+                "body.layer3.0.conv1.0.weight", "body.layer3.0.conv2.0.0.weight", "body.layer3.0.conv3.1.weight",
+                "body.layer3.0.se.fc1.weight", "head.fc.weight"):
+        assert key in asl, key
+    assert not any(k.endswith(("num_batches_tracked", ".conv.weight", ".bn.weight")) for k in asl)
+    back = zoo.asl_to_timm(asl)
+    assert set(back) == set(tresnet.state_dict())
+    w = "body.layer2.0.conv1.bn.weight"
+    # InPlaceABN scales by |w| + eps: a negative saved weight reads as its magnitude.
+    neg = zoo.asl_to_timm({**asl, "body.layer2.0.conv1.0.1.weight": -asl["body.layer2.0.conv1.0.1.weight"]})
+    torch.testing.assert_close(neg[w], tresnet.state_dict()[w], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["timm", "authors"])
+def test_asl_source_equals_timms_tresnet(tresnet, tmp_path, layout):
+    sd = tresnet.state_dict()
+    if layout == "authors":
+        obj = {"model": zoo.timm_to_asl(sd, tresnet), "num_classes": len(LABELS),
+               "idx_to_class": {str(i): n for i, n in enumerate(LABELS)}}
+        names = None
+    else:
+        obj, names = sd, LABELS
+    torch.save(obj, tmp_path / "asl.pth")
+    m = sources.load(tmp_path / "asl.pth", {"asl": "tresnet_m", "input_size": SIZE}, label_names=names)
+    assert (m.family, m.backbone, m.label_names, m.input_size) == ("asl", "tresnet_m", LABELS, SIZE)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(m.model(x), tresnet(x), rtol=0, atol=1e-5)
+
+
+def test_bad_names_and_checkpoints_are_one_line_errors(tresnet, tmp_path, capsys):
+    torch.save(tresnet.state_dict(), tmp_path / "t.pth")
+    base = ["evaluate", "--checkpoint", str(tmp_path / "t.pth"), "--dataset", "demo", "--root", str(tmp_path)]
+    assert main([*base, "--timm", "resnet10x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "timm has no architecture 'resnet10x'" in err and "resnet10t" in err
+    assert main([*base, "--asl", "tresnet_s"]) == 2
+    assert "expected one of tresnet_m, tresnet_l, tresnet_xl" in capsys.readouterr().err
+    # TResNet-M weights for TResNet-L: the first missing and unexpected keys, in one line.
+    assert main([*base, "--asl", "tresnet_l", "--label-names", str(_names_file(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "does not fit asl tresnet_l" in err and "of another shape" in err
+    assert main([*base, "--timm", "resnet10t", "--label-names", str(_names_file(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no classifier fc.weight" in err
+    with pytest.raises(UserError, match="needs a checkpoint"):
+        sources.load(None, {"timm": "resnet10t"})
+
+
+def test_checkpoint_that_needs_code_is_refused_unless_trusted(tmp_path):
+    path = tmp_path / "pickled.pth"
+    net = _randomize(timm.create_model("resnet10t", num_classes=2))
+    torch.save({"state_dict": net.state_dict(), "label_names": ["a", "b"], "extra": Box()}, path)
+    with pytest.raises(UserError, match="trust_pickle"):
+        sources.load(path, {"timm": "resnet10t"})
+    assert sources.load(path, {"timm": "resnet10t"}, trust_pickle=True).label_names == ["a", "b"]
+
+
+def _names_file(tmp_path):
+    p = tmp_path / "names.txt"
+    p.write_text("\n".join(LABELS) + "\n")
+    return p
