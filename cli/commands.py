@@ -13,10 +13,11 @@ import tomllib
 from tqdm import tqdm
 
 from engine import data
-from engine.config import Config, DemoDataConfig, ModelConfig, RunConfig, TrainConfig, load_toml
+from engine.config import Config, DemoDataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, load_toml
 from engine.data import demo
 from engine.errors import UserError
 from engine.models.evaluate import evaluate
+from engine.models.fit import fit
 from engine.models.train import recipe, train
 from engine.report import render, table1_markdown
 from engine.results.export import export_csv
@@ -70,7 +71,28 @@ def cmd_data_demo(a: argparse.Namespace) -> None:
           f"({cfg.n_train} train + {cfg.n_test} test images, {cfg.labels} labels)")
 
 
+def _train_zoo(a: argparse.Namespace, kind: str) -> dict:
+    """`sml train --timm NAME` / `--asl NAME`: the demo recipe's settings, the input size and the loss."""
+    toml = load_toml(a.config, tables=("train", "loss")) if a.config else {}
+    if any(getattr(a, k) is not None for k in ModelConfig.field_names() if k not in ("family", "input_size")):
+        raise UserError(f"--{kind} takes --input-size of the model flags, no other")
+    train_cfg = TrainConfig.from_dict({**toml.get("train", {}), **given(a, TrainConfig)}, where="[train]")
+    loss_cfg = LossConfig.from_dict({**toml.get("loss", {}), **given(a, LossConfig)}, where="[loss]")
+    return fit(kind, getattr(a, kind), train_cfg=train_cfg, loss_cfg=loss_cfg, dataset=a.dataset, root=a.root,
+               out=a.out, input_size=a.input_size or data.info(a.dataset).size, resume=a.resume,
+               progress=not a.no_progress, device=a.device, **_data_kw(a))
+
+
 def cmd_train(a: argparse.Namespace) -> None:
+    kinds = [k for k in ("model", "timm", "asl") if getattr(a, k)]
+    if len(kinds) != 1:
+        raise UserError("give one of --model (mlgcn | mlliw), --timm NAME, --asl NAME"
+                        + (f", not {' and '.join('--' + k for k in kinds)}" if kinds else ""))
+    if kinds[0] != "model":
+        _report_training(a, _train_zoo(a, kinds[0]))
+        return
+    if any(getattr(a, k) is not None for k in LossConfig.field_names()):
+        raise UserError("--loss, --gamma-neg, --gamma-pos and --clip are for --timm and --asl models")
     toml = load_toml(a.config, tables=("model", "train")) if a.config else {}
     model_kw = {**toml.get("model", {}), "family": a.model, **given(a, ModelConfig, skip=("family",))}
     if "input_size" not in model_kw:
@@ -81,6 +103,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     train_cfg = recipe(a.model, name, **train_kw)
     res = train(model_cfg=model_cfg, train_cfg=train_cfg, dataset=a.dataset, root=a.root, out=a.out,
                 resume=a.resume, progress=not a.no_progress, device=a.device, **_data_kw(a))
+    _report_training(a, res)
+
+
+def _report_training(a: argparse.Namespace, res: dict) -> None:
     h = res["history"][-1] if res["history"] else {}
     state = f"trained {res['ran']} epoch(s)" if res["ran"] else "up to date"
     print(f"{a.out}: {state}, {res['epochs']} epochs in all, last loss {h.get('loss', float('nan')):.4f}")

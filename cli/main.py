@@ -105,9 +105,13 @@ def _data(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- train
-@command("train", "train ML-GCN or ML-LIW and checkpoint every epoch")
+@command("train", "train ML-GCN, ML-LIW, a timm or an ASL model and checkpoint every epoch")
 def _train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help=_one_of(config.ModelConfig.field_rules()["family"].allowed()))
+    p.add_argument("--model", help=_one_of(config.ModelConfig.field_rules()["family"].allowed()))
+    p.add_argument("--timm", metavar="NAME", help="instead of --model: a timm architecture (e.g. resnet10t), from "
+                                                  "random weights; the checkpoint is what --timm NAME reads")
+    p.add_argument("--asl", metavar="NAME", help="instead of --model: an ASL TResNet (tresnet_m | tresnet_l | "
+                                                 "tresnet_xl), from random weights")
     p.add_argument("--dataset", default="demo")
     p.add_argument("--root", required=True, help="data set folder")
     p.add_argument("--out", required=True, help="checkpoint file to write")
@@ -120,6 +124,7 @@ def _train(p: argparse.ArgumentParser) -> None:
                   [k for k in config.ModelConfig.field_names() if k != "family"], show_defaults=False)
     _config_flags(p.add_argument_group("training (the [train] table of --config; default: the recipe's)"),
                   config.TrainConfig, show_defaults=False)
+    _config_flags(p.add_argument_group("loss (--timm, --asl)"), config.LossConfig)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
     _add_data_flags(p)

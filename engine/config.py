@@ -346,3 +346,16 @@ class TrainConfig(Config):
     seed: int = param(0, ge=0, doc="seed of initialisation, augmentation and batch order")
     freeze_backbone: bool = param(False, doc="train the head on a frozen (eval-mode) pretrained backbone "
                                              "(the ML-LIW recipe)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig(Config):
+    """Training loss of a timm or ASL model (`sml train --timm / --asl`; engine.models.fit). The ASL
+    loss is Ridnik et al., "Asymmetric Loss For Multi-Label Classification" (ICCV 2021): focal terms
+    (1 - p)^gamma_pos on positives and p_m^gamma_neg on negatives, with p_m = max(p - clip, 0);
+    the defaults are their training script's (Alibaba-MIIL/ASL train.py: 4, 0, 0.05)."""
+
+    loss: str = param("asl", choices=("asl", "bce"), doc="asl: asymmetric loss; bce: binary cross-entropy")
+    gamma_neg: float = param(4.0, ge=0, le=20, doc="ASL focusing exponent on negative labels")
+    gamma_pos: float = param(0.0, ge=0, le=20, doc="ASL focusing exponent on positive labels")
+    clip: float = param(0.05, ge=0, lt=1, doc="ASL probability margin: a negative's p is shifted down by it")

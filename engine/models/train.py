@@ -75,7 +75,7 @@ def loss_fn(family: str):
     return lambda logits, y: soft_margin(logits, y)
 
 
-def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
     if cfg.lr_schedule == "step":  # the ML-LIW reimplementation's StepLR(30, 0.9)
         return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
     if cfg.lr_schedule == "constant":
@@ -148,6 +148,45 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         i, j = (int(v) for v in torch.randint(side - c + 1, (2,), generator=gen))
         x = nn.functional.interpolate(x[..., i : i + c, j : j + c], size=(side, side), mode="bilinear")
     return x
+
+
+def run_epoch(forward, model: nn.Module, opt: torch.optim.Optimizer, criterion, ds, preloaded: torch.Tensor | None,
+              cfg: TrainConfig, epoch: int, *, device: str, augment: bool, desc: str, progress: bool) -> dict:
+    """One epoch of ``forward`` (the model, or its head on cached features) on the split: batches in
+    the order seeded by (seed, epoch), gradient clipped, a progress bar; returns its history row."""
+    n = len(ds)
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    t0, seen, total = time.perf_counter(), 0, 0.0
+    bar = tqdm(total=n, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="img",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for x, y in _batches(ds, n, cfg.batch_size, gen, preloaded):
+        if augment:
+            x = _augment(x, gen)  # on the host: the generator (and so the data order) is device-free
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = criterion(forward(x), y)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if math.isfinite(cfg.grad_clip):
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        seen += x.shape[0]
+        total += loss.item() * x.shape[0]
+        bar.update(x.shape[0])
+        bar.set_postfix(loss=f"{total / seen:.4f}", ips=f"{seen / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    dt = time.perf_counter() - t0
+    log.info("epoch %d: loss %.4f, %.0f img/s", epoch + 1, total / seen, seen / dt)
+    return {"epoch": epoch + 1, "loss": total / seen, "seconds": dt, "samples_per_s": seen / dt}
+
+
+def preload(ds, size: int) -> torch.Tensor | None:
+    """The whole split decoded into memory, when it is small enough (PRELOAD_BYTES)."""
+    n = len(ds)
+    if n * 3 * size**2 * 4 <= PRELOAD_BYTES:
+        return torch.stack([ds.image(i) for i in range(n)])
+    return None
 
 
 def _check_same(ck: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: dict, out: Path):
@@ -223,10 +262,7 @@ def train(
         opt.load_state_dict(ck["optimizer"])
     criterion = loss_fn(model_cfg.family)
 
-    n = len(ds)
-    preloaded = None
-    if n * 3 * model_cfg.input_size**2 * 4 <= PRELOAD_BYTES:
-        preloaded = torch.stack([ds.image(i) for i in range(n)])
+    preloaded = preload(ds, model_cfg.input_size)
 
     cached = None
     if train_cfg.freeze_backbone and not train_cfg.augment:
@@ -237,31 +273,11 @@ def train(
         if train_cfg.freeze_backbone:
             model.features.eval()  # frozen means BatchNorm statistics too, as in the reimplementation
         for g in opt.param_groups:
-            g["lr"] = _lr_at(train_cfg, epoch) * g["lr_mult"]
-        gen = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)
-        t0, seen, total = time.perf_counter(), 0, 0.0
-        bar = tqdm(total=n, desc=f"{model_cfg.family} epoch {epoch + 1}/{train_cfg.epochs}", unit="img",
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for x, y in _batches(ds, n, train_cfg.batch_size, gen, cached if cached is not None else preloaded):
-            if cached is None and train_cfg.augment:
-                x = _augment(x, gen)  # on the host: the generator (and so the data order) is device-free
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = criterion(model.head(x) if cached is not None else model(x), y)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if math.isfinite(train_cfg.grad_clip):
-                nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            opt.step()
-            seen += x.shape[0]
-            total += loss.item() * x.shape[0]
-            bar.update(x.shape[0])
-            bar.set_postfix(loss=f"{total / seen:.4f}", ips=f"{seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        dt = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "loss": total / seen, "seconds": dt, "samples_per_s": seen / dt})
-        log.info("epoch %d: loss %.4f, %.0f img/s", epoch + 1, total / seen, seen / dt)
+            g["lr"] = lr_at(train_cfg, epoch) * g["lr_mult"]
+        forward = model.head if cached is not None else model
+        history.append(run_epoch(forward, model, opt, criterion, ds, cached if cached is not None else preloaded,
+                                 train_cfg, epoch, device=device, augment=cached is None and train_cfg.augment,
+                                 desc=model_cfg.family, progress=progress))
         model.eval()
         checkpoints.save_atomic(
             {

@@ -62,6 +62,20 @@ def check_asl_name(name: str) -> None:
                         + (f" (close: {', '.join(close)})" if close else ""), key="asl")
 
 
+def create(arch: str, num_labels: int) -> nn.Module:
+    """timm's ``arch`` with ``num_labels`` outputs and random weights (nothing downloads)."""
+    return _timm().create_model(arch, pretrained=False, num_classes=num_labels)
+
+
+def _input_size(obj: Any, model: nn.Module) -> nn.Module:
+    """The input size a checkpoint of `sml train` records, as the module's attribute (the sources'
+    default when none is given)."""
+    size = obj.get("input_size") if isinstance(obj, dict) else None
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        model.input_size = size
+    return model
+
+
 def _read(checkpoint: str | Path, trust_pickle: bool) -> Any:
     return checkpoints.load_file(Path(checkpoint), trust_pickle)
 
@@ -118,14 +132,11 @@ def timm_net(arch: str, checkpoint, names: list[str] | None, trust_pickle: bool 
     rows = _head_rows(sd, classifier, checkpoint, f"timm {arch}")
     found = obj.get("label_names") if isinstance(obj, dict) and isinstance(obj.get("label_names"), list) else None
     names = _names(names, found, rows, checkpoint)
-    net = timm.create_model(arch, pretrained=False, num_classes=rows)
+    net = create(arch, rows)
     _fit(net, sd, checkpoint, f"timm {arch} with {rows} labels")
     mean, std = tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"])
     model = net if (set(mean), set(std)) == ({0.0}, {1.0}) else nn.Sequential(Normalize(mean, std), net)
-    size = obj.get("input_size") if isinstance(obj, dict) else None
-    if isinstance(size, int) and size > 0:
-        model.input_size = size
-    return model, names, {"timm": arch, "mean": mean, "std": std, "weights": file_digest(checkpoint)}
+    return _input_size(obj, model), names, {"timm": arch, "mean": mean, "std": std, "weights": file_digest(checkpoint)}
 
 
 # A conv + norm pair in the two layouts. The authors' conv2d_ABN is Sequential(Conv2d, InPlaceABN):
@@ -201,6 +212,6 @@ def asl_net(arch: str, checkpoint, names: list[str] | None, trust_pickle: bool =
     if isinstance(given, int) and given != rows:
         raise UserError(f"{checkpoint}: num_classes {given} but its head has {rows} outputs")
     names = _names(names, found, rows, checkpoint)
-    net = _timm().create_model(arch, pretrained=False, num_classes=rows)
+    net = create(arch, rows)
     _fit(net, sd, checkpoint, f"asl {arch} with {rows} labels")
-    return net, names, {"asl": arch, "weights": file_digest(checkpoint)}
+    return _input_size(obj, net), names, {"asl": arch, "weights": file_digest(checkpoint)}
