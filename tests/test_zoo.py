@@ -5,13 +5,18 @@ bad names and checkpoints are one-line errors with exit 2."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
 
 from cli.main import main
+from engine import data
+from engine.config import DemoDataConfig, LossConfig
+from engine.data import demo
 from engine.errors import UserError
-from engine.models import sources, zoo
+from engine.models import fit, sources, zoo
 
 SIZE = 64
 LABELS = [f"label{i}" for i in range(5)]
@@ -131,3 +136,38 @@ def _names_file(tmp_path):
     p = tmp_path / "names.txt"
     p.write_text("\n".join(LABELS) + "\n")
     return p
+
+
+def test_asl_loss_follows_the_paper():
+    """Ridnik et al. 2021, Eq. 1-5, written out per element; with no focusing and no margin it is
+    binary cross-entropy."""
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(4, 6, generator=g) * 3, (torch.rand(4, 6, generator=g) < 0.4).float()
+    cfg = LossConfig(gamma_neg=4, gamma_pos=1, clip=0.05)
+    want = 0.0
+    for z, t in zip(logits.flatten().tolist(), y.flatten().tolist()):
+        p = 1 / (1 + math.exp(-z))
+        pm = max(p - cfg.clip, 0.0)
+        want -= (1 - p) ** 1 * math.log(p) if t else pm**4 * math.log(1 - pm)
+    assert fit.asl_loss(cfg)(logits, y).item() == pytest.approx(want / 4, rel=1e-5)
+    plain = LossConfig(gamma_neg=0, gamma_pos=0, clip=0)
+    assert fit.asl_loss(plain)(logits, y).item() == pytest.approx(fit.bce_loss(logits, y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind, arch", [("timm", "test_resnet"),
+                                        pytest.param("asl", "tresnet_m", marks=pytest.mark.slow)])  # ~50 s
+def test_train_writes_what_the_source_reads(kind, arch, tmp_path, capsys):
+    root = tmp_path / "data"
+    demo.generate(root, DemoDataConfig(n_train=16, n_test=8, size=16, labels=4, seed=0))
+    out = tmp_path / f"{arch}.pt"
+    args = ["train", f"--{kind}", arch, "--root", str(root), "--out", str(out), "--input-size", "32",
+            "--batch-size", "8", "--no-progress"]
+    assert main([*args, "--epochs", "1"]) == 0
+    m = sources.load(out, {kind: arch})
+    assert m.input_size == 32 and m.label_names == data.load("demo", root=root, split="test").label_names
+    before = out.read_bytes()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0  # one more epoch
+    assert torch.load(out, weights_only=True)["epoch"] == 2 and out.read_bytes() != before
+    assert main([*args, "--resume", "--gamma-neg", "2"]) == 2  # another loss: refused, nothing written
+    assert "another loss" in capsys.readouterr().err
+    assert main([*args, "--model", "mlgcn"]) == 2
