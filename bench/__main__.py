@@ -2,7 +2,10 @@
 
 Sections: gradient attacks vs the model's floor and the peers (bench_attacks), the precisions
 (fp32 / tf32 / bf16: speed and agreement with fp32), early exit on the demo set, the MLA-LP solver
-vs the primal LP (bench_lp), sweeps (bench_sweep, when present), and the device profile.
+vs the primal LP (bench_lp), sweeps (bench_sweep, when present), and the device profile. On request
+(``--only tresnet``, minutes on a CPU): the gradient attacks' floor ratios on an ASL TResNet-M at
+224 px, and profile entries of TResNet-M at 224 and TResNet-L at 448 (the authors' COCO size), so
+that ``--plan`` prices the study's grid on an ASL model.
 Every run writes bench/results/<date>-<host>.json and bench/results/latest.json (a list of rows);
 the profile section writes bench/results/profile-<device>-<host>.json, which
 ``sml sweep FILE --plan --device-profile`` reads.
@@ -63,7 +66,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer repeats (<= 5 minutes on 2 cores)")
-    ap.add_argument("--only", help="comma-separated sections: attacks, precision, early, lp, sweep, profile")
+    ap.add_argument("--only", help="comma-separated sections: attacks, precision, early, lp, sweep, profile; "
+                                   "tresnet (not in the default set: an ASL TResNet-M at 224 px)")
     ap.add_argument("--attacks", help="comma-separated gradient attacks for the attacks and precision sections "
                                       "(default: all six)")
     a = ap.parse_args(argv)
@@ -140,6 +144,31 @@ def main(argv=None) -> int:
         log(f"  wrote {path}")
         return [{"bench": "profile", "path": str(path), **e} for e in entries]
 
+    def tresnet_section():
+        """Floor ratios on TResNet-M at 224 px (random weights: timing only), batch 4, and profile
+        entries (family "asl", as engine.models.sources names an ASL model) of it and of TResNet-L at 448."""
+        from engine.models import zoo
+        from engine.runtime.sweep import plan
+
+        x, _ = data.stack(data.load("demo", root=demo_root, size=224), cand[:4].tolist())
+        torch.manual_seed(0)
+        net = zoo.create("tresnet_m", ds.num_labels).eval().to(a.device)
+        log("gradient attacks: ASL TResNet-M at 224 px, batch 4")
+        names = tuple(n for n in chosen if n == "pgd") if a.quick else chosen
+        out = bench_attacks.bench_model(net, x.to(a.device), "asl-tresnet_m-224px", repeats=1 if a.quick else 3,
+                                        device=a.device, log=log, names=names or chosen)
+        entries = []
+        for arch, size in (("tresnet_m", 224), ("tresnet_l", 448)):
+            model = net if arch == "tresnet_m" else zoo.create(arch, ds.num_labels).eval().to(a.device)
+            t = plan.measure(model, (3, size, size), 2, a.device, min_seconds=0.1, min_repeats=2)
+            entries.append(plan.profile_entry(arch, "asl", size, t))
+            log(f"  profile {arch}@{size}: {t.fwd_bwd:.3f} s fwd+bwd, {t.fwd:.3f} s fwd per image")
+        path = out_dir / f"profile-{a.device.replace(':', '')}-{socket.gethostname()}-tresnet.json"
+        name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{a.device} ({socket.gethostname()})"
+        plan.write_profile(path, a.device, name, entries)
+        log(f"  wrote {path}")
+        return out + [{"bench": "profile", "path": str(path), **e} for e in entries]
+
     def early_section():
         n = 128 if a.quick else len(cand)
         xs, _ = data.stack(ds, cand[:n].tolist())
@@ -164,6 +193,7 @@ def main(argv=None) -> int:
     section("lp", lp_section)
     section("sweep", sweep_section)
     section("profile", profile_section)
+    section("tresnet", tresnet_section)
     meta = {"bench": "meta", "host": socket.gethostname(), "device": a.device, "quick": a.quick,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,

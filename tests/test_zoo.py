@@ -17,6 +17,7 @@ from engine.config import DemoDataConfig, LossConfig
 from engine.data import demo
 from engine.errors import UserError
 from engine.models import fit, sources, zoo
+from engine.runtime.sweep import plan as pl
 
 SIZE = 64
 LABELS = [f"label{i}" for i in range(5)]
@@ -171,3 +172,23 @@ def test_train_writes_what_the_source_reads(kind, arch, tmp_path, capsys):
     assert main([*args, "--resume", "--gamma-neg", "2"]) == 2  # another loss: refused, nothing written
     assert "another loss" in capsys.readouterr().err
     assert main([*args, "--model", "mlgcn"]) == 2
+
+
+def test_plan_prices_an_asl_model_from_its_profile_entry(tresnet, tmp_path):
+    """The study's grid on an ASL TResNet, priced from the entry `python -m bench --only tresnet` writes
+    for it (backbone tresnet_m, family asl, its input size)."""
+    torch.save({"model": zoo.timm_to_asl(tresnet.state_dict(), tresnet), "num_classes": len(LABELS),
+                "idx_to_class": dict(enumerate(LABELS))}, tmp_path / "asl.pth")
+    (tmp_path / "grid.toml").write_text("\n".join([
+        "[protocol]", "n = 10", "chunk_size = 5", "",
+        "[[model]]", 'asl = "tresnet_m"', f'checkpoint = "{tmp_path / "asl.pth"}"',
+        f"input_size = {SIZE}", 'dataset = "demo"', f'root = "{tmp_path}"', "",
+        "[[attack]]", 'name = "pgd"', "params = { iterations = 5 }"]) + "\n")
+    profile = tmp_path / "profile.json"
+    pl.write_profile(profile, "cuda", "Test GPU", [
+        {"backbone": "tresnet_m", "family": "asl", "size": SIZE, "batch": 2, "fwd_bwd_s_per_image": 0.5,
+         "fwd_s_per_image": 0.2}])
+    res = pl.plan_sweep(tmp_path / "grid.toml", device_profile=profile)
+    (row,) = res["rows"]
+    assert (row["model"], row["size"], row["labels"], row["fwd_bwd_s_per_image"]) == ("asl", SIZE, 5, 0.5)
+    assert row["device_seconds"] == pytest.approx(10 * row["passes_per_sample"] * 0.5)
