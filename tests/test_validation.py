@@ -13,7 +13,17 @@ import pytest
 import cli.commands
 import cli.main
 from engine import attacks
-from engine.config import Config, DemoDataConfig, ModelConfig, ProtocolConfig, Rule, RunConfig, TrainConfig, param
+from engine.config import (
+    Config,
+    DemoDataConfig,
+    LossConfig,
+    ModelConfig,
+    ProtocolConfig,
+    Rule,
+    RunConfig,
+    TrainConfig,
+    param,
+)
 from engine.errors import UserError, keyed
 from engine.runtime.runspec import RunSpec
 from engine.runtime.sweep.sweepfile import ModelEntry, SweepSettings, load_sweep
@@ -134,7 +144,8 @@ def test_every_numeric_attack_field_declares_its_range(name):
     check_attack_declares_its_ranges(name)
 
 
-@pytest.mark.parametrize("cls", [ProtocolConfig, DemoDataConfig, ModelConfig, TrainConfig, SweepSettings])
+@pytest.mark.parametrize("cls", [ProtocolConfig, DemoDataConfig, ModelConfig, TrainConfig, LossConfig,
+                                 SweepSettings])
 def test_every_numeric_config_field_declares_its_range(cls):
     assert [k for k, _ in _numeric(cls) if not cls.field_rules()[k].bounded] == []
     cls()  # the defaults are inside
@@ -165,7 +176,8 @@ def test_non_finite_floats_are_refused(name):
     check_non_finite_floats_refused(name)
 
 
-@pytest.mark.parametrize("cls", [ProtocolConfig, DemoDataConfig, ModelConfig, TrainConfig, SweepSettings, ModelEntry])
+@pytest.mark.parametrize("cls", [ProtocolConfig, DemoDataConfig, ModelConfig, TrainConfig, LossConfig,
+                                 SweepSettings, ModelEntry])
 def test_config_value_outside_its_range_names_the_field(cls):
     cases = _cases(cls)
     assert cases
