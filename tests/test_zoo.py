@@ -12,7 +12,7 @@ import timm
 import torch
 
 from cli.main import main
-from engine import data
+from engine import attacks, data
 from engine.config import DemoDataConfig, LossConfig
 from engine.data import demo
 from engine.errors import UserError
@@ -192,3 +192,17 @@ def test_plan_prices_an_asl_model_from_its_profile_entry(tresnet, tmp_path):
     (row,) = res["rows"]
     assert (row["model"], row["size"], row["labels"], row["fwd_bwd_s_per_image"]) == ("asl", SIZE, 5, 0.5)
     assert row["device_seconds"] == pytest.approx(10 * row["passes_per_sample"] * 0.5)
+
+
+@pytest.mark.slow  # torch.compile on the CPU: about a minute
+def test_timm_source_goes_through_the_compiled_and_reduced_precision_paths(tmp_path):
+    net = _randomize(timm.create_model("test_resnet", num_classes=len(LABELS)))
+    torch.save({"state_dict": net.state_dict(), "label_names": LABELS}, tmp_path / "t.pt")
+    model = sources.load(tmp_path / "t.pt", {"timm": "test_resnet"}).model
+    x = torch.rand(3, 3, 32, 32)
+    eager = attacks.run(model, x, "pgd", iterations=3)
+    comp = attacks.run(model, x, "pgd", iterations=3, compile=True)
+    torch.testing.assert_close(comp.x_adv, eager.x_adv, atol=1e-4, rtol=0)
+    assert torch.equal(comp.label_count_final, eager.label_count_final)
+    half = attacks.run(model, x, "pgd", iterations=3, precision="bf16")
+    assert float((half.x_adv - x).abs().max()) <= attacks.make_config("pgd").eps + 1e-6
