@@ -194,11 +194,8 @@ def asl_net(arch: str, checkpoint, names: list[str] | None, trust_pickle: bool =
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         idx = obj.get("idx_to_class")
         if isinstance(idx, dict) and idx:
-            try:
-                found = [str(idx[k]) for k in sorted(idx, key=int)]
-            except (TypeError, ValueError):
-                raise UserError(f"{checkpoint}: idx_to_class keys must be label indices, got "
-                                f"{list(idx)[:3]}") from None
+            # In the dict's own order, as the authors' infer.py lists them (list(idx_to_class.values())).
+            found = [str(v) for v in idx.values()]
         sd = obj["model"]
     else:
         sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
