@@ -83,6 +83,10 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torchvision", metavar="ARCH",
                    help="a torchvision classifier (e.g. resnet18) whose multi-label head's state dict is "
                         "--checkpoint (ImageNet normalisation is put in front)")
+    p.add_argument("--mldecoder", metavar="ARCH", help="ML-Decoder on a TResNet (tresnet_m, tresnet_l, tresnet_xl), "
+                                                       "--checkpoint as its authors saved it")
+    p.add_argument("--q2l", metavar="ARCH", help="Query2Label on resnet101 or tresnet_l, --checkpoint as its "
+                                                 "authors saved it (ImageNet normalisation is put in front)")
     p.add_argument("--output", choices=config.OUTPUTS,
                    help=f"what your model outputs (default {config.OUTPUTS[0]}; probabilities are converted to logits)")
     p.add_argument("--input-size", type=int, help="your model's input size in px (default: the model's "

@@ -9,7 +9,10 @@ Your own model is one of
 - a torchvision classifier, ``torchvision = "resnet18"`` (any name ``torchvision.models.get_model``
   knows), built with ``num_classes`` = the number of labels, its weights from ``checkpoint``: a
   state dict, or ``{"state_dict": ..., "label_names": [...]}``. It was trained on ImageNet-normalised
-  images, as torchvision's own weights are: that normalisation is put in front of it.
+  images, as torchvision's own weights are: that normalisation is put in front of it;
+- a published multi-label model read from its authors' checkpoint as saved, with their input
+  normalisation in front: ``mldecoder = "tresnet_l"`` (ML-Decoder, engine.models.mldecoder),
+  ``q2l = "resnet101"`` (Query2Label, engine.models.q2l).
 
 Contract: the module maps float32 images in [0, 1], shaped (B, 3, H, W), to one score per label,
 (B, L) -- logits (label shown iff logit >= 0), or probabilities with ``output = "probabilities"``
@@ -45,13 +48,16 @@ from engine import data as datasets
 from engine.config import OUTPUTS
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
-from engine.models import checkpoints, from_checkpoint
+from engine.models import checkpoints, from_checkpoint, mldecoder, q2l
 from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from engine.util import file_digest
 
 log = logging.getLogger(__name__)
 
-OWN = ("factory", "torchscript", "torchvision")  # the kinds of own model; none of them: our checkpoint
+# Published models read from their authors' checkpoints: kind -> load(name, checkpoint, names, trust_pickle=)
+PUBLISHED = {"mldecoder": mldecoder.load, "q2l": q2l.load}
+OWN = ("factory", "torchscript", "torchvision", *PUBLISHED)  # the kinds of own model; none: our checkpoint
+WITH_WEIGHTS = ("torchvision", *PUBLISHED)  # kinds whose checkpoint is required
 KEYS = (*OWN, "label_names", "output", "input_size")  # what a source dict may hold
 PROB_EPS = 1e-6
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -89,13 +95,14 @@ def check(checkpoint: str | Path | None, source: dict | None) -> None:
         raise UserError(f"unknown model key(s) {', '.join(unknown)}; valid: checkpoint, {', '.join(KEYS)}")
     kinds = [k for k in OWN if source.get(k)]
     if len(kinds) > 1:
-        raise UserError(f"give one of factory, torchscript, torchvision, not {' and '.join(kinds)}")
+        raise UserError(f"give one of {', '.join(OWN)}, not {' and '.join(kinds)}")
     kind = kinds[0] if kinds else None
     if kind is None and not checkpoint:
         raise UserError("no model: give a checkpoint, or your own model as factory (module:function), "
                         "torchscript (a file) or torchvision (an architecture, with its checkpoint)")
-    if kind == "torchvision" and not checkpoint:
-        raise UserError(f"torchvision {source['torchvision']!r} needs a checkpoint: its fine-tuned state dict")
+    if kind in WITH_WEIGHTS and not checkpoint:
+        need = "its fine-tuned state dict" if kind == "torchvision" else "the authors' weights file, as saved"
+        raise UserError(f"{kind} {source[kind]!r} needs a checkpoint: {need}")
     if kind == "torchscript" and checkpoint:
         raise UserError("a torchscript file holds its own weights: give no checkpoint with it")
     if kind == "factory" and not FACTORY.match(str(source["factory"])):
@@ -260,6 +267,9 @@ def load(checkpoint: str | Path | None, source: dict | None = None, *, embedding
     elif kind == "torchscript":
         net, names, parts = _torchscript(source["torchscript"], names)
         backbone = Path(source["torchscript"]).name
+    elif kind in PUBLISHED:
+        net, names, parts = PUBLISHED[kind](source[kind], checkpoint, names, trust_pickle=trust_pickle)
+        backbone = source[kind]
     else:
         net, names, parts = _torchvision(source["torchvision"], checkpoint, names)
         backbone = source["torchvision"]
