@@ -13,9 +13,12 @@ import torch
 from torch import nn
 
 from cli.main import main
+from engine.data.coco import COCO_CATEGORIES
+from engine.data.coco import LABEL_NAMES as COCO_NAMES
 from engine.errors import UserError
 from engine.models import mldecoder, published, q2l, sources
 from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD
+from engine.runtime.sweep.sweepfile import load_sweep
 
 FIXTURE = Path(__file__).parent / "data" / "published_heads.pt"
 TOL = 1e-5
@@ -158,3 +161,49 @@ def test_q2l_source_resnet101_normalises_and_reads_input_size(tmp_path):
         sources.load(tmp_path / "q2l.pth", {"q2l": "resnet101", "input_size": 96, "label_names": ["a", "b", "c"]})
     with pytest.raises(UserError, match="no label names"):
         sources.load(tmp_path / "q2l.pth", {"q2l": "resnet101"})
+
+
+def test_q2l_source_tresnet_l_reads_authors_layout(tmp_path):
+    """Query2Label on the ASL TResNet-L: its body under backbone.0.body.body in the authors' InPlaceABN
+    layout loads into timm's TResNet, and the model equals the network it was saved from."""
+    torch.manual_seed(0)
+    backbone, channels = q2l.body("tresnet_l")
+    assert channels == 2432
+    net = q2l.Query2Label(backbone, channels, labels=2, d=16, ff=32, pe_shape=(1, 16, 1, 1), encoders=0,
+                          self_attn=[False], proj=True).eval()
+    _positive_bn(net)
+    torch.save({"state_dict": _authors_tresnet_layout(net, q2l.BODY + "body.")}, tmp_path / "q2l.pth")
+    m = sources.load(tmp_path / "q2l.pth", {"q2l": "tresnet_l", "label_names": ["a", "b"]})
+    assert m.input_size == 32
+    x = torch.rand(1, 3, 32, 32)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m.model(x), net((x - mean) / std), atol=1e-4, rtol=1e-4)
+
+
+def test_sweep_file_takes_published_models(mld_files, tmp_path):
+    """[[model]] mldecoder / q2l keys: loaded as the CLI loads them; a bad name names its line."""
+    _, d = mld_files
+    (tmp_path / "data").mkdir()
+    text = (f'[[model]]\nmldecoder = "tresnet_m"\ncheckpoint = "{d / "timm.pth"}"\ndataset = "demo"\n'
+            f'root = "{tmp_path / "data"}"\ninput_size = 64\n\n[[attack]]\nname = "fgsm"\n')
+    (tmp_path / "ok.toml").write_text(text)
+    sweep = load_sweep(tmp_path / "ok.toml")
+    assert sweep.models[0].own_model() == {"mldecoder": "tresnet_m", "input_size": 64}
+    assert sweep.models[0].key == "timm"  # the checkpoint's stem
+    (tmp_path / "bad.toml").write_text(text.replace('"tresnet_m"', '"tresnet_s"'))
+    with pytest.raises(UserError, match=r"bad\.toml:2: .*mldecoder 'tresnet_s': unknown architecture; did you mean"):
+        load_sweep(tmp_path / "bad.toml")
+
+
+# src/demo_asl_coco.py: the ASL COCO model's outputs (COCO category-id order, its idx_to_class) put
+# in ML-GCN's order (names sorted) by an explicit index list; models here map labels by name.
+ASL_TO_MLGCN_COCO = [4, 47, 24, 46, 34, 35, 21, 59, 13, 1, 14, 8, 73, 39, 45, 50, 5, 55, 2, 51, 15, 67, 56, 74, 57,
+                     19, 41, 60, 16, 54, 20, 10, 42, 29, 23, 78, 26, 17, 52, 66, 33, 43, 63, 68, 3, 64, 49, 69, 12, 0,
+                     53, 58, 72, 65, 48, 76, 18, 71, 36, 30, 31, 44, 32, 11, 28, 37, 77, 38, 27, 70, 61, 79, 9, 6, 7,
+                     62, 25, 75, 40, 22]
+
+
+def test_label_order_by_name_is_the_study_asl_coco_mapping():
+    asl_order = [COCO_CATEGORIES[i] for i in sorted(COCO_CATEGORIES)]  # idx_to_class of ASL's COCO model
+    assert [asl_order.index(n) for n in COCO_NAMES] == ASL_TO_MLGCN_COCO

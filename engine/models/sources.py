@@ -48,16 +48,16 @@ from engine import data as datasets
 from engine.config import OUTPUTS
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
-from engine.models import checkpoints, from_checkpoint, mldecoder, q2l
+from engine.models import checkpoints, from_checkpoint, mldecoder, published, q2l
 from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from engine.util import file_digest
 
 log = logging.getLogger(__name__)
 
-# Published models read from their authors' checkpoints: kind -> load(name, checkpoint, names, trust_pickle=)
-PUBLISHED = {"mldecoder": mldecoder.load, "q2l": q2l.load}
+# Published models read from their authors' checkpoints: kind -> module (BACKBONES, load(...)).
+PUBLISHED = {"mldecoder": mldecoder, "q2l": q2l}
 OWN = ("factory", "torchscript", "torchvision", *PUBLISHED)  # the kinds of own model; none: our checkpoint
-WITH_WEIGHTS = ("torchvision", *PUBLISHED)  # kinds whose checkpoint is required
+WEIGHTS = ("torchvision", *PUBLISHED)  # an architecture by name: its weights come from the checkpoint
 KEYS = (*OWN, "label_names", "output", "input_size")  # what a source dict may hold
 PROB_EPS = 1e-6
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -100,9 +100,11 @@ def check(checkpoint: str | Path | None, source: dict | None) -> None:
     if kind is None and not checkpoint:
         raise UserError("no model: give a checkpoint, or your own model as factory (module:function), "
                         "torchscript (a file) or torchvision (an architecture, with its checkpoint)")
-    if kind in WITH_WEIGHTS and not checkpoint:
+    if kind in WEIGHTS and not checkpoint:
         need = "its fine-tuned state dict" if kind == "torchvision" else "the authors' weights file, as saved"
         raise UserError(f"{kind} {source[kind]!r} needs a checkpoint: {need}")
+    if kind in PUBLISHED:  # the name is checked before any file is read (a sweep file, as it is read)
+        published.pick(kind, str(source[kind]), tuple(PUBLISHED[kind].BACKBONES))
     if kind == "torchscript" and checkpoint:
         raise UserError("a torchscript file holds its own weights: give no checkpoint with it")
     if kind == "factory" and not FACTORY.match(str(source["factory"])):
@@ -268,7 +270,7 @@ def load(checkpoint: str | Path | None, source: dict | None = None, *, embedding
         net, names, parts = _torchscript(source["torchscript"], names)
         backbone = Path(source["torchscript"]).name
     elif kind in PUBLISHED:
-        net, names, parts = PUBLISHED[kind](source[kind], checkpoint, names, trust_pickle=trust_pickle)
+        net, names, parts = PUBLISHED[kind].load(source[kind], checkpoint, names, trust_pickle=trust_pickle)
         backbone = source[kind]
     else:
         net, names, parts = _torchvision(source["torchvision"], checkpoint, names)
