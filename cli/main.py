@@ -140,7 +140,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- attack
 @command("attack", "run one attack of the study's protocol on a checkpoint into a Zarr store")
 def _attack(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of --factory / --torchvision")
+    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of your own model "
+                                        "(--factory, --torchvision, --mldecoder, --q2l)")
     _config_flags(p, config.RunConfig, ("attack", "preset", "target", "target_label"))
     p.add_argument("--out", required=True, help="Zarr store (created or resumed)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a preset value (repeatable)")
