@@ -130,7 +130,7 @@ def test_unknown_name_and_mismatch_are_one_line(mld_files, heads, capsys, tmp_pa
     torch.save({"state_dict": heads["q2l"]["state_dict"]}, tmp_path / "q2l.pth")
     err = _one_line_error(capsys, ["evaluate", "--mldecoder", "tresnet_m", "--checkpoint", str(tmp_path / "q2l.pth"),
                                    "--dataset", "demo", "--root", str(tmp_path)])
-    assert "missing key head.decoder.duplicate_pooling" in err
+    assert "missing key head.decoder.duplicate_pooling; the file's first keys: backbone.1.pe, " in err
     with pytest.raises(UserError, match="needs a checkpoint"):
         sources.check(None, {"q2l": "resnet101"})
     with pytest.raises(UserError, match="give one of"):

@@ -76,12 +76,12 @@ class MLDecoderHead(nn.Module):
     @classmethod
     def from_state(cls, sd: dict[str, torch.Tensor], path: str | Path, what: str, prefix: str = "") -> MLDecoderHead:
         """The head that fits a state dict (its keys under ``prefix``): every width from its shapes."""
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        full, sd = sd, {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if "wordvec_proj.weight" in sd:
             raise UserError(f"{path}: a zero-shot ML-Decoder (zsl = 1) checkpoint: its queries are word "
                             f"vectors given at run time; only the classification head (zsl = 0) is supported")
         def need(key):
-            return published.need(sd, key, path, what, prefix)
+            return published.need(full, prefix + key, path, what)
 
         pool = need("decoder.duplicate_pooling")
         if pool.dim() != 3:

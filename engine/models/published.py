@@ -56,11 +56,11 @@ def read_state(checkpoint: str | Path | None, what: str, *, trust_pickle: bool =
     return dict(obj), {(k[len("module."):] if strip else k): v for k, v in tensors.items()}
 
 
-def need(sd: Mapping[str, torch.Tensor], key: str, path: str | Path, what: str, prefix: str = "") -> torch.Tensor:
-    """A tensor the architecture's shape is read from (``key`` under ``prefix`` in the file); its
-    absence is the one-line mismatch."""
+def need(sd: Mapping[str, torch.Tensor], key: str, path: str | Path, what: str) -> torch.Tensor:
+    """A tensor the architecture's shape is read from; its absence is the one-line mismatch."""
     if key not in sd:
-        raise UserError(f"{path}: does not fit {what}: missing key {prefix}{key}")
+        raise UserError(f"{path}: does not fit {what}: missing key {key}; the file's first keys: "
+                        f"{', '.join(list(sd)[:SHOWN_KEYS]) or 'none'}")
     return sd[key]
 
 
