@@ -56,8 +56,10 @@ def _checkpoint_kw(a: argparse.Namespace) -> dict:
             names = [ln.strip() for ln in Path(a.label_names).read_text().splitlines() if ln.strip()]
         except OSError:
             raise UserError(f"{a.label_names}: label names file not found") from None
-    # Your own model (--factory, --torchscript, --torchvision, --timm, --asl): engine.models.sources checks it.
-    own = {k: getattr(a, k) for k in ("factory", "torchscript", "torchvision", "timm", "asl", "output", "input_size")
+    # Your own model (--factory, --torchscript, --torchvision, --timm, --asl, --mldecoder, --q2l):
+    # engine.models.sources checks the combination.
+    own = {k: getattr(a, k) for k in ("factory", "torchscript", "torchvision", "timm", "asl", "mldecoder", "q2l",
+                                      "output", "input_size")
            if getattr(a, k) is not None}
     return {"embedding": a.embedding, "label_names": names, "trust_pickle": a.trust_checkpoint,
             "own_model": own or None}

@@ -88,6 +88,10 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
                         "from the checkpoint's head, timm's mean/std for it put in front")
     p.add_argument("--asl", metavar="NAME", help="tresnet_m | tresnet_l | tresnet_xl: an ASL (Alibaba-MIIL/ASL) "
                                                  "checkpoint as its authors saved it, or in timm's layout; raw pixels")
+    p.add_argument("--mldecoder", metavar="ARCH", help="ML-Decoder on a TResNet (tresnet_m, tresnet_l, tresnet_xl), "
+                                                       "--checkpoint as its authors saved it")
+    p.add_argument("--q2l", metavar="ARCH", help="Query2Label on resnet101 or tresnet_l, --checkpoint as its "
+                                                 "authors saved it (ImageNet normalisation is put in front)")
     p.add_argument("--output", choices=config.OUTPUTS,
                    help=f"what your model outputs (default {config.OUTPUTS[0]}; probabilities are converted to logits)")
     p.add_argument("--input-size", type=int, help="your model's input size in px (default: the model's "
@@ -146,8 +150,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- attack
 @command("attack", "run one attack of the study's protocol on a checkpoint into a Zarr store")
 def _attack(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of --factory / --torchvision / "
-                                        "--timm / --asl")
+    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of your own model "
+                                        "(--factory, --torchvision, --timm, --asl, --mldecoder, --q2l)")
     _config_flags(p, config.RunConfig, ("attack", "preset", "target", "target_label"))
     p.add_argument("--out", required=True, help="Zarr store (created or resumed)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a preset value (repeatable)")

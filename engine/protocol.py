@@ -58,6 +58,12 @@ RELEASED_CELLS: dict[tuple[str, str], Cell] = {
     ("mlliw", "voc2012"): Cell(batch=32),
     ("mlliw", "nuswide"): Cell(selected=200, scored=200),
     ("mlliw", "coco"): Cell(selected=200, scored=200),
+    # src/demo_asl_*.py (the `asl` model source): the first 1000, all scored (their evaluate_adv
+    # reads up to 101 files of one batch each), --adv_batch_size 24.
+    ("asl", "voc2007"): Cell(batch=24),
+    ("asl", "voc2012"): Cell(batch=24),
+    ("asl", "nuswide"): Cell(batch=24),
+    ("asl", "coco"): Cell(batch=24),
 }
 
 

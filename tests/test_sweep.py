@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import zarr
 
-from engine import attacks
+from engine import attacks, protocol
 from engine.errors import UserError
 from engine.runtime import sweep as sw
 
@@ -371,6 +371,17 @@ def test_shipped_sweep_files_parse():
     assert all(m.load_kw() == {"difficult": "negative", "source": "csv"} for m in voc)
     # ML-CW and MLA-LP run in the code's batches (10, 2, 32): their shards must hold whole batches.
     assert all(r.spec.chunk_size % 160 == 0 for r in rel.runs if r.spec.attack in ("mlcw", "mlalp"))
+    # The released code's ASL runs (src/demo_asl_*.py): TResNet-XL on VOC, TResNet-L on COCO and
+    # NUS-WIDE, raw pixels at 448, VOC2007 test, ML-CW / MLA-LP in batches of 24.
+    asl = sw.load_sweep(REPO / "sweeps/asl.toml", datasets=["voc2007", "voc2012", "nuswide", "coco"],
+                        check_files=False)
+    assert [(m.dataset, m.asl, m.split, m.input_size) for m in asl.models] == [
+        ("voc2007", "tresnet_xl", "test", 448), ("voc2012", "tresnet_xl", "val", 448),
+        ("nuswide", "tresnet_l", "val", 448), ("coco", "tresnet_l", "val2014", 448)]
+    assert len(asl.runs) == 4 * 9 and {r.spec.preset for r in asl.runs} == {"released"}
+    assert {(r.spec.order, r.spec.rounding) for r in asl.runs} == {("first", "floor")}
+    assert all(r.spec.chunk_size % protocol.cell("asl", m.dataset).batch == 0 and r.spec.samples("asl", m.dataset)
+               == 1000 for r in asl.runs for m in [asl.models[r.model]])
 
 
 def test_foreign_store_is_refused(grid, reference, tmp_path, trained):

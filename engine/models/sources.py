@@ -12,6 +12,9 @@ Your own model is one of
   images, as torchvision's own weights are: that normalisation is put in front of it;
 - a timm classifier, ``timm = "resnet10t"``, or one of ASL's TResNets, ``asl = "tresnet_l"``, with
   their checkpoints as saved: engine.models.zoo.
+- a published multi-label model read from its authors' checkpoint as saved, with their input
+  normalisation in front: ``mldecoder = "tresnet_l"`` (ML-Decoder, engine.models.mldecoder),
+  ``q2l = "resnet101"`` (Query2Label, engine.models.q2l).
 
 Contract: the module maps float32 images in [0, 1], shaped (B, 3, H, W), to one score per label,
 (B, L) -- logits (label shown iff logit >= 0), or probabilities with ``output = "probabilities"``
@@ -47,14 +50,16 @@ from engine import data as datasets
 from engine.config import OUTPUTS
 from engine.data.base import ImageListDataset
 from engine.errors import UserError
-from engine.models import checkpoints, from_checkpoint, zoo
+from engine.models import checkpoints, from_checkpoint, mldecoder, published, q2l, zoo
 from engine.models.conventions import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from engine.util import file_digest
 
 log = logging.getLogger(__name__)
 
-OWN = ("factory", "torchscript", "torchvision", "timm", "asl")  # the kinds of own model; none: our checkpoint
-WEIGHTS = ("torchvision", "timm", "asl")  # an architecture by name: its weights come from the checkpoint
+# Published models read from their authors' checkpoints: kind -> module (BACKBONES, load(...)).
+PUBLISHED = {"mldecoder": mldecoder, "q2l": q2l}
+OWN = ("factory", "torchscript", "torchvision", "timm", "asl", *PUBLISHED)  # the kinds of own model
+WEIGHTS = ("torchvision", "timm", "asl", *PUBLISHED)  # an architecture by name: its weights from the checkpoint
 NAMED = {"timm": zoo.check_timm_name, "asl": zoo.check_asl_name}  # names checked before any file is read
 KEYS = (*OWN, "label_names", "output", "input_size")  # what a source dict may hold
 PROB_EPS = 1e-6
@@ -99,7 +104,10 @@ def check(checkpoint: str | Path | None, source: dict | None) -> None:
         raise UserError("no model: give a checkpoint, or your own model as factory (module:function), "
                         "torchscript (a file) or torchvision (an architecture, with its checkpoint)")
     if kind in WEIGHTS and not checkpoint:
-        raise UserError(f"{kind} {source[kind]!r} needs a checkpoint: its fine-tuned state dict")
+        need = "its fine-tuned state dict" if kind == "torchvision" else "the authors' weights file, as saved"
+        raise UserError(f"{kind} {source[kind]!r} needs a checkpoint: {need}")
+    if kind in PUBLISHED:  # the name is checked before any file is read (a sweep file, as it is read)
+        published.pick(kind, str(source[kind]), tuple(PUBLISHED[kind].BACKBONES))
     if kind in NAMED:
         NAMED[kind](str(source[kind]))
     if kind == "torchscript" and checkpoint:
@@ -266,6 +274,9 @@ def load(checkpoint: str | Path | None, source: dict | None = None, *, embedding
     elif kind == "torchscript":
         net, names, parts = _torchscript(source["torchscript"], names)
         backbone = Path(source["torchscript"]).name
+    elif kind in PUBLISHED:
+        net, names, parts = PUBLISHED[kind].load(source[kind], checkpoint, names, trust_pickle=trust_pickle)
+        backbone = source[kind]
     elif kind == "torchvision":
         net, names, parts = _torchvision(source["torchvision"], checkpoint, names)
         backbone = source["torchvision"]

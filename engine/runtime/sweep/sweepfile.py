@@ -37,6 +37,8 @@ blame, and engine.runtime.sweep.locate finds its line (tomllib gives none)::
     # torchvision = "resnet18"             #   + checkpoint = its state dict (ImageNet-normalised input)
     # timm = "resnet10t"                   #   + checkpoint = its state dict (timm's mean/std in front)
     # asl = "tresnet_l"                    #   + checkpoint = the ASL authors' file (raw pixels)
+    # mldecoder = "tresnet_l"              #   ML-Decoder, + checkpoint = the authors' file as saved
+    # q2l = "resnet101"                    #   Query2Label, + checkpoint = the authors' file as saved
     # label_names = "labels.txt"           #   or a list; default: the factory's / the file's
     # output = "logits"                    #   or "probabilities" (converted to logits)
     # input_size = 224                     #   default: the module's input_size, else the data set's
@@ -105,12 +107,14 @@ class ModelEntry(Config):
     """One [[model]] table: a checkpoint, or your own model, on a data set (paths resolved against ``base``)."""
 
     checkpoint: str | None = None  # ours (ML-GCN, ML-LIW); with factory or torchvision: their weights file
-    # Your own model instead (engine.models.sources has the contract): one of these three.
+    # Your own model instead (engine.models.sources has the contract): one of these.
     factory: str | None = None  # "module:function"
     torchscript: str | None = None  # a torch.jit.save file
     torchvision: str | None = None  # an architecture name, its state dict in checkpoint
     timm: str | None = None  # a timm architecture name, its state dict in checkpoint
     asl: str | None = None  # tresnet_m | tresnet_l | tresnet_xl, the ASL authors' checkpoint in checkpoint
+    mldecoder: str | None = None  # ML-Decoder on tresnet_m | tresnet_l | tresnet_xl, the authors' file in checkpoint
+    q2l: str | None = None  # Query2Label on resnet101 | tresnet_l, the authors' file in checkpoint
     label_names: str | list[str] | None = None  # a file (one per line) or a list
     output: str = param("logits", choices=OUTPUTS, doc="what your model returns")
     input_size: int | None = param(None, ge=1, doc="input size in px (default: the model's input_size "
