@@ -65,7 +65,7 @@ def test_timm_source_equals_timms_forward_after_its_normalisation(tmp_path):
     assert sources.load(tmp_path / "bare.pt", {"timm": "resnet10t"}, label_names=LABELS).label_names == LABELS
     with pytest.raises(UserError, match="no label names"):
         sources.load(tmp_path / "bare.pt", {"timm": "resnet10t"})
-    with pytest.raises(UserError, match="5 outputs but 3 label names"):
+    with pytest.raises(UserError, match="has 5 labels but 3 label names"):
         sources.load(tmp_path / "bare.pt", {"timm": "resnet10t"}, label_names=LABELS[:3])
 
 
@@ -116,7 +116,7 @@ def test_bad_names_and_checkpoints_are_one_line_errors(tresnet, tmp_path, capsys
     # TResNet-M weights for TResNet-L: the first missing and unexpected keys, in one line.
     assert main([*base, "--asl", "tresnet_l", "--label-names", str(_names_file(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "does not fit asl tresnet_l" in err and "of another shape" in err
+    assert "\n" not in err and "does not fit asl tresnet_l" in err and "keys of another shape" in err
     assert main([*base, "--timm", "resnet10t", "--label-names", str(_names_file(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no classifier fc.weight" in err

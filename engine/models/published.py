@@ -65,21 +65,19 @@ def need(sd: Mapping[str, torch.Tensor], key: str, path: str | Path, what: str) 
 
 
 def fit(net: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """Load ``sd`` into ``net`` strictly; a mismatch is one line with the first missing and unexpected
-    keys (or the first shape that differs)."""
+    """Load ``sd`` into ``net`` strictly; a mismatch is one line with the first missing, unexpected and
+    differently shaped keys."""
     own = net.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or unexpected or shapes:
         def first(keys):
             return ", ".join(keys[:SHOWN_KEYS]) + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS
                                                    else "") if keys else "none"
+        shaped = f"; keys of another shape {first(shapes)}" if shapes else ""
         raise UserError(f"{path}: does not fit {what}: missing keys {first(missing)}; unexpected keys "
-                        f"{first(unexpected)}")
-    for k, v in own.items():
-        if tuple(v.shape) != tuple(sd[k].shape):
-            raise UserError(f"{path}: does not fit {what}: {k} has shape {tuple(sd[k].shape)}, expected "
-                            f"{tuple(v.shape)}")
+                        f"{first(unexpected)}{shaped}")
     net.load_state_dict(dict(sd), strict=True)
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.models import checkpoints
+from engine.models import checkpoints, published
 from engine.models.conventions import Normalize
 from engine.util import file_digest
 
@@ -96,29 +96,6 @@ def _head_rows(sd: dict[str, torch.Tensor], classifier: str, checkpoint, arch: s
     return int(w.shape[0])
 
 
-def _fit(net: nn.Module, sd: dict[str, torch.Tensor], checkpoint, what: str) -> None:
-    """Load strictly; a checkpoint that does not fit is one line with the first keys that differ."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or shapes:
-        parts = [f"{len(v)} {n} (first: {', '.join(v[:3])})"
-                 for n, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
-        raise UserError(f"{checkpoint}: does not fit {what}: keys {'; '.join(parts)}")
-    net.load_state_dict(sd)
-
-
-def _names(given: list[str] | None, found: list[str] | None, rows: int, checkpoint) -> list[str]:
-    names = given if given is not None else found
-    if names is None:
-        raise UserError(f"{checkpoint}: no label names: give label_names (a file or a list; --label-names), or "
-                        f"save them in the checkpoint")
-    if len(names) != rows:
-        raise UserError(f"{checkpoint}: its head has {rows} outputs but {len(names)} label names are given")
-    return list(names)
-
-
 def timm_net(arch: str, checkpoint, names: list[str] | None, trust_pickle: bool = False):
     """(module with timm's normalisation in front, label names, identity parts) for ``timm = arch``."""
     check_timm_name(arch)
@@ -131,9 +108,9 @@ def timm_net(arch: str, checkpoint, names: list[str] | None, trust_pickle: bool 
     classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
     rows = _head_rows(sd, classifier, checkpoint, f"timm {arch}")
     found = obj.get("label_names") if isinstance(obj, dict) and isinstance(obj.get("label_names"), list) else None
-    names = _names(names, found, rows, checkpoint)
+    names = published.label_names(names, found, rows, checkpoint, "its head")
     net = create(arch, rows)
-    _fit(net, sd, checkpoint, f"timm {arch} with {rows} labels")
+    published.fit(net, sd, checkpoint, f"timm {arch} with {rows} labels")
     mean, std = tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"])
     model = net if (set(mean), set(std)) == ({0.0}, {1.0}) else nn.Sequential(Normalize(mean, std), net)
     return _input_size(obj, model), names, {"timm": arch, "mean": mean, "std": std, "weights": file_digest(checkpoint)}
@@ -208,7 +185,7 @@ def asl_net(arch: str, checkpoint, names: list[str] | None, trust_pickle: bool =
     given = obj.get("num_classes") if isinstance(obj, dict) else None
     if isinstance(given, int) and given != rows:
         raise UserError(f"{checkpoint}: num_classes {given} but its head has {rows} outputs")
-    names = _names(names, found, rows, checkpoint)
+    names = published.label_names(names, found, rows, checkpoint, "its head")
     net = create(arch, rows)
-    _fit(net, sd, checkpoint, f"asl {arch} with {rows} labels")
+    published.fit(net, sd, checkpoint, f"asl {arch} with {rows} labels")
     return _input_size(obj, net), names, {"asl": arch, "weights": file_digest(checkpoint)}
