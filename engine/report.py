@@ -88,7 +88,7 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
     floor, another avgLabels) get a block of their own, under the ladder they were scored with."""
     show = sorted((r for r in rows if r["target"] == "show-many"), key=_order)
     by_len: dict[int, list[dict]] = {}
-    for r in show:
+    for r in (r for r in show if r["exp_labels"]):
         by_len.setdefault(len(r["exp_labels"]), []).append(r)
     out = []
     for k, rs in sorted(by_len.items()):
@@ -112,6 +112,12 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
                 body.append([*lead, _label(r), *cells, nn])
             body.append(["", "", f"*expLabels* ({_ladder_note(br[0])})", *ladder, ""])
         out += markdown_table(["model", "dataset", "attack method", *(f"n = {i}" for i in range(k)), "N"], body)
+        out.append("")
+    empty = [r for r in show if not r["exp_labels"]]
+    if empty:  # no sample selected: no avgLabels, no ladder (a released ML-GCN fed raw pixels it never saw)
+        out += markdown_table(["model", "dataset", "attack method", "N"], (
+            [MODEL_NAMES.get(r["model"], r["model"]), r["dataset"], _label(r),
+             "0: no test sample predicted exactly right as this run feeds the model"] for r in empty))
         out.append("")
     other = sorted((r for r in rows if r["target"] != "show-many"), key=_order)
     if other:
