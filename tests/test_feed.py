@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine import attacks, models, protocol, results
+from engine import data, models, protocol, results
 from engine.errors import UserError
 from engine.models.conventions import Normalize
 from engine.models.feed import code_logits
@@ -125,8 +125,6 @@ def test_released_mlgcn_run_records_picks_and_attacks_raw_input(trained, demo_ro
     assert "feed" not in pap and "feed" not in pap["fingerprint"]
     # picked: the samples the code's model (no normalisation, sigmoid >= 0.5) predicts exactly right
     model = models.load(trained["mlgcn"])
-    from engine import data
-
     ds = data.load("demo", root=demo_root, split="test")
     x = torch.stack([ds.image(i) for i in range(len(ds))])
     y = torch.from_numpy(ds.labels).bool()
