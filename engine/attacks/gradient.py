@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -96,13 +97,7 @@ class SLIDEConfig(AttackConfig):
     # on tie-heavy ones.
     ties: str = param("all", choices=SLIDE_TIES,
                       doc="entries tied at the k-th |grad|: all kept, or exactly k (lowest index first, the code's)")
-
-    def to_dict(self) -> dict:
-        # Left out at its default: runs made before the field keep their fingerprints.
-        d = super().to_dict()
-        if d.get("ties") == "all":
-            del d["ties"]
-        return d
+    omit_at_default: ClassVar[tuple[str, ...]] = ("precision", "ties")
 
 
 @dataclass(frozen=True, kw_only=True)

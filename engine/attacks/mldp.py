@@ -22,6 +22,7 @@ Norm: L2 (unbounded). Shapes: x [B,3,H,W] in [0,1].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,13 +45,7 @@ class MLDPConfig(AttackConfig):
     # float64) on NUS-WIDE. Set per (model, data set) by the released cells (engine.protocol.Feed).
     gram: str = param("float32", choices=GRAM_DTYPES,
                       doc="dtype of W W^T and of the step W^T (W W^T)^-1 (0.5 - f) (float64: the code on NUS-WIDE)")
-
-    def to_dict(self) -> dict:
-        # Left out at its default, as precision is: runs made before the field keep their fingerprints.
-        d = super().to_dict()
-        if d.get("gram") == "float32":
-            del d["gram"]
-        return d
+    omit_at_default: ClassVar[tuple[str, ...]] = ("precision", "gram")
 
 
 def _matched(logits: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
