@@ -50,7 +50,9 @@ def collect(store_path, damaged: list[str] | None = None) -> tuple[list[dict], l
             continue
         a = dict(run.attrs)
         rows.append({"model_key": model, "model": a["model_metrics"].get("model", model), "dataset": dataset,
-                     "run": key, "title": a["title"], "semantics": a["semantics"], **s})
+                     "run": key, "title": a["title"], "semantics": a["semantics"], **s,
+                     # how far the run reproduces the study, where it cannot fully (an inferred cell)
+                     **({"warning": a["warning"]} if a.get("warning") else {})})
     return rows, t1
 
 
@@ -268,6 +270,9 @@ def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete:
         if damaged:
             text += ["**Damaged runs, left out of these tables** (`--allow-incomplete`):", "",
                      *(f"- {d}" for d in damaged), ""]
+        warned = sorted({r["warning"] for r in rows if r.get("warning")})
+        if warned:
+            text += ["**Inferred cells** (see each run's `warning` attribute):", "", *(f"- {w}" for w in warned), ""]
         short = [r for r in rows if r["n"] < r["n_requested"]]
         if short:
             text += ["Fewer correctly predicted samples than asked for, so all were used: " +

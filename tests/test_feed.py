@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine import data, models, protocol, results
+from engine import attacks, data, models, protocol, results
 from engine.errors import UserError
 from engine.models.conventions import Normalize
 from engine.models.feed import code_logits
@@ -142,3 +142,59 @@ def test_released_mlgcn_run_records_picks_and_attacks_raw_input(trained, demo_ro
     render(out, tmp_path / "rep", ("md",))
     md = (tmp_path / "rep" / "tables.md").read_text()
     assert ("no test sample predicted exactly right" in md) == (len(want) == 0)
+
+
+# ------------------------------------------------------------------ ML-DP's Gram matrix
+class NearlyParallel(nn.Module):
+    """Three labels, linear in x, with nearly parallel gradients: W W^T is ill-conditioned, so its
+    float32 rounding shows in the step."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(1)
+        v, w, u = (torch.randn(48, generator=gen) for _ in range(3))
+        self.register_buffer("A", torch.stack([v, v + 0.02 * w, v - 0.03 * u]))
+        self.register_buffer("b", -0.5 - 0.5 * self.A.sum(1))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.A.t() + self.b
+
+
+def _code_mldp_step(model, x0):
+    """One iteration of the code's ml_deepfool on one image, y* = all ones as int64 (NUS-WIDE's y):
+    P = W (-y) and everything after it in float64 (numpy's promotion), W from float32 autograd."""
+    x = x0.clone().requires_grad_()
+    out = torch.sigmoid(model(x))
+    J = np.stack([torch.autograd.grad(out[0, i], x, retain_graph=True)[0].flatten().numpy() for i in range(3)])
+    y = np.ones(3, dtype=np.int64)
+    P = J.T * (-y)
+    q = (-y * 0.5 - (-y * out.detach().numpy()[0])).reshape(-1, 1)
+    r = P @ np.linalg.inv(P.T @ P) @ q
+    return torch.from_numpy(np.clip(r.reshape(x0.shape) + x0.double().numpy(), 0, 1)).float()
+
+
+def test_mldp_float64_gram_is_the_codes_step_on_int64_targets():
+    m, x0 = NearlyParallel(), torch.full((1, 3, 4, 4), 0.5)
+    code = _code_mldp_step(m, x0)
+    f64 = attacks.run(m, x0, "mldp", preset="released", iterations=1, gram="float64")
+    f32 = attacks.run(m, x0, "mldp", preset="released", iterations=1, gram="float32")
+    assert f64.label_count_final.item() == 3  # the step was kept (every label shown)
+    assert torch.equal(f64.x_adv, code)
+    assert not torch.equal(f32.x_adv, code)  # float32's W W^T moves the step
+
+
+def test_a_run_on_an_inferred_cell_warns_in_its_attributes_and_the_report(trained, demo_root, tmp_path, monkeypatch,
+                                                                          caplog):
+    # The demo stands in for one of the four cells whose sample lists the code does not make.
+    monkeypatch.setitem(protocol.RELEASED_CELLS, ("mlliw", "demo"), protocol.Cell(inferred=True))
+    out = tmp_path / "s.zarr"
+    runner.attack_checkpoint(trained["mlliw"], "fgsm", out, preset="released", n=4, chunk_size=4, root=demo_root,
+                             progress=False)
+    runner.attack_checkpoint(trained["mlliw"], "fgsm", out, n=4, chunk_size=4, root=demo_root, progress=False)
+    group = results.open_store(out, "r")["mlliw/demo"]
+    note = group[RunSpec(attack="fgsm", preset="released").key].attrs["warning"]
+    assert "inferred" in note and note in caplog.text
+    assert "warning" not in group[RunSpec(attack="fgsm").key].attrs
+    render(out, tmp_path / "rep", ("md",))
+    md = (tmp_path / "rep" / "tables.md").read_text()
+    assert "**Inferred cells**" in md and note in md
