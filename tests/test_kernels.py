@@ -662,7 +662,7 @@ def test_tri_bench_agreement(tk):
     from bench.bench_kernels import agreement
 
     rows = agreement("cpu", shapes=((2, 7),))
-    assert {r["kernel"] for r in rows} == {"linf", "l2", "mifgsm", "slide-exact", "slide-advertorch"}
+    assert {r["kernel"] for r in rows} == {"linf", "l2", "mifgsm", "slide-exact", "slide-advertorch", "slide-exact-k"}
     assert any(r["ties"] for r in rows) and all(r["ok"] for r in rows), rows
 
 
