@@ -51,6 +51,8 @@ def _cases():
         "mifgsm": ("mifgsm", "mifgsm_step", (0.01, 0.03, 0.9)),
         "slide-exact": ("slide", "slide_step", (1.0, 2.0, 0.99, "exact")),
         "slide-advertorch": ("slide", "slide_step", (1.0, 2.0, 0.99, "advertorch")),
+        # the released preset's: exactly k entries, ties to the lowest index (one launch more)
+        "slide-exact-k": ("slide", "slide_step", (1.0, 2.0, 0.99, "advertorch", None, "lowest-index")),
     }
 
 
@@ -82,7 +84,7 @@ def agreement(device: str, shapes=ODD_SHAPES, large=None) -> list[dict]:
 
 # Bytes a step must move at least, in units of the tensor's size: x, x0, g (and momentum) read,
 # x (and momentum) written.
-_MIN_TRAFFIC = {"linf": 4, "l2": 4, "mifgsm": 6, "slide-exact": 4, "slide-advertorch": 4}
+_MIN_TRAFFIC = {"linf": 4, "l2": 4, "mifgsm": 6, "slide-exact": 4, "slide-advertorch": 4, "slide-exact-k": 4}
 
 
 def speed(device: str, shape=(8, 3, 448, 448), reps: int = 10) -> list[dict]:

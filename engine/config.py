@@ -242,6 +242,12 @@ def load_toml(path: str | Path, tables: Sequence[str] | None = None) -> dict[str
 # that act on them import them from here.
 ORDERS = ("seeded", "first")  # the protocol's sample order (engine.protocol)
 ROUNDINGS = ("ceil", "floor")  # expLabels rounding (engine.protocol)
+# What a run feeds its model and how it reads the outputs (engine.protocol.Feed): the model's own
+# input normalisation or raw [0, 1] pixels past it; a label shown at logit >= 0 or, as the study's
+# code, at float32 sigmoid >= 0.5; the Gram matrix of ML-DP-like solvers in float32 or float64.
+INPUTS = ("model", "raw")
+SHOWN_RULES = ("logit", "sigmoid")
+GRAM_DTYPES = ("float32", "float64")
 COMPILE_MODES = ("auto", "on", "off")  # torch.compile per iteration; the first is the default (auto: on CUDA)
 OUTPUTS = ("logits", "probabilities")  # what your own model returns (engine.models.sources)
 # The annotation files each data set's loader reads (its SOURCES): VOC (engine.data.voc) and COCO

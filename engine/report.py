@@ -50,7 +50,9 @@ def collect(store_path, damaged: list[str] | None = None) -> tuple[list[dict], l
             continue
         a = dict(run.attrs)
         rows.append({"model_key": model, "model": a["model_metrics"].get("model", model), "dataset": dataset,
-                     "run": key, "title": a["title"], "semantics": a["semantics"], **s})
+                     "run": key, "title": a["title"], "semantics": a["semantics"], **s,
+                     # how far the run reproduces the study, where it cannot fully (an inferred cell)
+                     **({"warning": a["warning"]} if a.get("warning") else {})})
     return rows, t1
 
 
@@ -88,7 +90,7 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
     floor, another avgLabels) get a block of their own, under the ladder they were scored with."""
     show = sorted((r for r in rows if r["target"] == "show-many"), key=_order)
     by_len: dict[int, list[dict]] = {}
-    for r in show:
+    for r in (r for r in show if r["exp_labels"]):
         by_len.setdefault(len(r["exp_labels"]), []).append(r)
     out = []
     for k, rs in sorted(by_len.items()):
@@ -112,6 +114,12 @@ def tables23_markdown(rows: list[dict], which: str = "success_final") -> str:
                 body.append([*lead, _label(r), *cells, nn])
             body.append(["", "", f"*expLabels* ({_ladder_note(br[0])})", *ladder, ""])
         out += markdown_table(["model", "dataset", "attack method", *(f"n = {i}" for i in range(k)), "N"], body)
+        out.append("")
+    empty = [r for r in show if not r["exp_labels"]]
+    if empty:  # no sample selected: no avgLabels, no ladder (a released ML-GCN fed raw pixels it never saw)
+        out += markdown_table(["model", "dataset", "attack method", "N"], (
+            [MODEL_NAMES.get(r["model"], r["model"]), r["dataset"], _label(r),
+             "0: no test sample predicted exactly right as this run feeds the model"] for r in empty))
         out.append("")
     other = sorted((r for r in rows if r["target"] != "show-many"), key=_order)
     if other:
@@ -262,6 +270,9 @@ def render(store_path, out_dir, formats=("md", "csv", "json"), allow_incomplete:
         if damaged:
             text += ["**Damaged runs, left out of these tables** (`--allow-incomplete`):", "",
                      *(f"- {d}" for d in damaged), ""]
+        warned = sorted({r["warning"] for r in rows if r.get("warning")})
+        if warned:
+            text += ["**Inferred cells** (see each run's `warning` attribute):", "", *(f"- {w}" for w in warned), ""]
         short = [r for r in rows if r["n"] < r["n_requested"]]
         if short:
             text += ["Fewer correctly predicted samples than asked for, so all were used: " +

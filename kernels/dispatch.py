@@ -17,7 +17,8 @@ are Python floats, attacks minimise so steps go against the gradient):
 - ``mifgsm_step``: m' = decay*m + g/max(||g||_1, 1e-6), then the Linf sign step
   on m'.  Returns (x_new, m').
 - ``slide_step``: SLIDE / sparse L1 descent.  Keep the k = round((1-sparsity)*D)
-  largest |g| (all ties at the k-th value, never zeros), step along their
+  largest |g| (all ties at the k-th value, or with ``ties="lowest-index"`` exactly k,
+  ties to the lowest index; never zeros), step along their
   L1-normalised signs, then project onto {||delta||_1 <= eps} intersected with
   the [0,1] box ("exact") or onto the L1 ball then clamp ("advertorch").
   ``projection`` has no default here, nor in kernels.reference and kernels.slide: the attack's
@@ -118,9 +119,10 @@ def mifgsm_step(x, x0, grad, momentum, step: float, eps: float, decay: float, ou
     return fn(x, x0, grad, momentum, step, eps, decay, out=out, momentum_out=momentum_out)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None,
+               ties: str = "all"):
     if _use_triton(x):
         fn = _launcher("slide", "slide_step")
     else:
         fn = reference.slide_step
-    return fn(x, x0, grad, step, eps, sparsity, projection=projection, out=out)
+    return fn(x, x0, grad, step, eps, sparsity, projection=projection, out=out, ties=ties)

@@ -56,6 +56,10 @@ MAX_FINITE_BITS = 0x7F800000
 SEARCH_ITERS = 31
 
 _PROJECTIONS = ("exact", "advertorch")
+# SLIDE's entries tied at the k-th largest |g|: "all" kept (the step divided among them), or
+# "lowest-index": exactly k kept, ties to the lowest index (AdverTorch's topk keeps k; torch.topk's
+# own tie order is undocumented, so the rule is ours).
+SLIDE_TIES = ("all", "lowest-index")
 
 
 def check_same_shape(x: torch.Tensor, *others: torch.Tensor) -> None:
@@ -189,11 +193,14 @@ def _l1_threshold(av: torch.Tensor, cap: torch.Tensor | None, eps: float) -> tor
     return torch.where(outside, t + 1, 0).view(torch.float32)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None,
+               ties: str = "all"):
     """SLIDE / sparse L1 descent step (Tramer & Boneh), see module docs of kernels.dispatch."""
     check_same_shape(x, x0, grad)
     if projection not in _PROJECTIONS:
         raise ValueError(f"projection must be one of {_PROJECTIONS}, got {projection!r}")
+    if ties not in SLIDE_TIES:
+        raise ValueError(f"ties must be one of {SLIDE_TIES}, got {ties!r}")
     if grad.dtype != torch.float32:
         # The selection reinterprets |grad| as int32 bit patterns.
         raise TypeError(f"slide_step needs a float32 gradient, got {grad.dtype}")
@@ -205,7 +212,14 @@ def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection
     tau = _kth_largest_pattern(g, bits, k)
     # Raising the threshold to the smallest positive pattern is exactly the
     # "zero gradients are never selected" rule; ties at tau are all kept.
-    mask = bits >= tau.clamp_min(1)[:, None]
+    thr = tau.clamp_min(1)[:, None]
+    mask = bits >= thr
+    if ties == "lowest-index":
+        # AdverTorch's topk keeps exactly k entries (then drops zeros): of the entries tied at the
+        # k-th value, those of lowest index fill the k - count(|g| > tau) places left.
+        tied = bits == thr
+        room = k - (bits > thr).sum(dim=1, keepdim=True)
+        mask = (bits > thr) | (tied & (torch.cumsum(tied.to(torch.int32), dim=1) <= room))
     nnz = mask.sum(dim=1).clamp_min(1).to(g.dtype)
     e = torch.sign(g) * mask / nnz[:, None]
 

@@ -6,6 +6,7 @@ down, like the reference, but 4 bits per pass: a pass evaluates the predicate at
 the next hex digit at once (a [BLOCK, 16] tile), so a 31-bit answer takes 8 passes, not 31:
 
   8 x count(|g| >= t) over 16 candidates          -> tau (exact k-th largest)
+ (1 x count(|g| == thr) per chunk                  -> where each chunk's ties rank, ties="lowest-index")
   8 x sum(min(max(|v|-theta, 0), cap)) over 16     -> theta (feasible end)
   1 x write x0 + sign(v) * min(max(|v|-theta, 0), cap)
 
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .launch import as_f32_contiguous, finish, result_buffer
-from .reference import MAX_FINITE_BITS, check_same_shape, slide_k
+from .reference import MAX_FINITE_BITS, SLIDE_TIES, check_same_shape, slide_k
 
 BLOCK = 512  # elements per tile; the candidate tiles are BLOCK x 16
 PBLOCK = 64  # partial rows added per trip when a pass reduces the previous one's
@@ -96,28 +97,54 @@ def _chunk(b, blk, D, CHUNK):
 
 @triton.jit
 def _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK: tl.constexpr):
-    """(thr, inv): selected entries have |g| bits >= thr; e = +-inv on them.  Needs all 8 tau passes.
+    """(thr, nnz): selected entries have |g| bits >= thr, nnz of them.  Needs all 8 tau passes.
 
     tau = largest pattern t with count(|g| >= t) >= k, i.e. count > k-1.  Zero gradients are never
     selected, so thr = max(tau, 1); its count is among the last pass's candidates (prefix_7 + 0..15,
     which include both tau and 1 when tau = 0), so the support size needs no extra pass."""
     tau, valid, cand, cnt = _decide(cpart_ptr, state_ptr, b, B, NB, _NP - 1, _NP - 1, k - 1, tl.int32, PBLOCK)
     thr = tl.maximum(tau, 1)
-    nnz = tl.sum(tl.where(valid & (cand == thr), cnt, 0), axis=0)
-    # e = sign(g) * mask / nnz; +-1/nnz is exact-rounded as in the reference.
-    return thr, tl.math.div_rn(1.0, tl.maximum(nnz, 1).to(tl.float32))
+    # e = sign(g) * mask / (entries kept); +-1/kept is exact-rounded as in the reference (_tie_place).
+    return thr, tl.sum(tl.where(valid & (cand == thr), cnt, 0), axis=0)
 
 
 @triton.jit
-def _stepped(x_ptr, x0_ptr, g_ptr, idx, m, thr, inv, step):
-    """x0 and the stepped perturbation v = (x - x0) - step * e of one tile, e the L1-normalised
-    signs of the selected (|g| >= the threshold's bits) gradient entries."""
+def _stepped(x_ptr, x0_ptr, g_ptr, idx, m, thr, inv, step, seen, room, EXACT_K: tl.constexpr):
+    """(x0, the stepped perturbation v = (x - x0) - step * e, ties seen so far) of one tile, e the
+    L1-normalised signs of the selected gradient entries: |g| bits >= the threshold's; with
+    EXACT_K, of those tied at the threshold only the ones whose rank among the sample's ties (in
+    index order; ``seen`` before this tile) is <= ``room``."""
     x = tl.load(x_ptr + idx, mask=m, other=0.0)
     x0 = tl.load(x0_ptr + idx, mask=m, other=0.0)
     g = tl.load(g_ptr + idx, mask=m, other=0.0)
-    sel = tl.abs(g).to(tl.int32, bitcast=True) >= thr
+    bits = tl.where(m, tl.abs(g).to(tl.int32, bitcast=True), -1)
+    sel = bits >= thr
+    if EXACT_K:
+        tied = (bits == thr).to(tl.int32)
+        rank = seen + tl.cumsum(tied, axis=0)
+        sel = (bits > thr) | ((tied > 0) & (rank <= room))
+        seen += tl.sum(tied, axis=0)
     e = tl.where(sel & (g > 0), inv, tl.where(sel & (g < 0), -inv, 0.0))
-    return x0, (x - x0) - step * e
+    return x0, (x - x0) - step * e, seen
+
+
+@triton.jit
+def _tie_place(tpart_ptr, b, blk, NB, k, nnz, thr, EXACT_K: tl.constexpr, PBLOCK: tl.constexpr):
+    """(ties before this chunk, ties that may be kept, 1 / entries kept) of sample b: with EXACT_K
+    exactly min(k, nnz) entries are kept, the count(|g| > thr) = nnz - ties above the tie and
+    k minus those of the ties; without it every tie (nnz entries). Reads the tie pass's counts."""
+    if EXACT_K:
+        rows = tl.arange(0, PBLOCK)
+        before = tl.zeros([PBLOCK], dtype=tl.int32)
+        total = tl.zeros([PBLOCK], dtype=tl.int32)
+        for start in range(0, NB, PBLOCK):
+            c = tl.load(tpart_ptr + b.to(tl.int64) * NB + start + rows, mask=start + rows < NB, other=0)
+            before += tl.where(start + rows < blk, c, 0)
+            total += c
+        ties = tl.sum(total, axis=0)
+        kept = tl.minimum(nnz, k)
+        return tl.sum(before, axis=0), k - (nnz - ties), tl.math.div_rn(1.0, tl.maximum(kept, 1).to(tl.float32))
+    return tl.full([], 0, tl.int32), tl.full([], 0, tl.int32), tl.math.div_rn(1.0, tl.maximum(nnz, 1).to(tl.float32))
 
 
 # The pass index is a plain argument (not specialised on its value): one compiled kernel serves all
@@ -149,15 +176,34 @@ def _tau_pass_kernel(g_ptr, cpart_ptr, state_ptr, B, D, NB, CHUNK, k, p, BLOCK: 
     tl.store(cpart_ptr + ((b.to(tl.int64) + p * B) * NB + blk) * 16 + lanes, cnt)
 
 
+@triton.jit
+def _tie_pass_kernel(g_ptr, cpart_ptr, state_ptr, tpart_ptr, B, D, NB, CHUNK, k, BLOCK: tl.constexpr,
+                     PBLOCK: tl.constexpr):
+    """Exact-k only: this chunk's count of entries tied at the threshold (|g| bits == thr), from
+    which every program places its ties in the sample's index order."""
+    blk = tl.program_id(0)
+    b = tl.program_id(1)
+    thr, _ = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    base, lo, hi = _chunk(b, blk, D, CHUNK)
+    cnt = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        g = tl.load(g_ptr + base + offs, mask=offs < hi, other=0.0)
+        cnt += ((offs < hi) & (tl.abs(g).to(tl.int32, bitcast=True) == thr)).to(tl.int32)
+    tl.store(tpart_ptr + b.to(tl.int64) * NB + blk, tl.sum(cnt, axis=0))
+
+
 @triton.jit(do_not_specialize=["p"])
-def _theta_pass_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, B, D, NB, CHUNK, k, p, step, eps,
-                       EXACT: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+def _theta_pass_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, tpart_ptr, B, D, NB, CHUNK, k, p,
+                       step, eps, EXACT: tl.constexpr, EXACT_K: tl.constexpr, BLOCK: tl.constexpr,
+                       PBLOCK: tl.constexpr):
     """Theta pass p: this chunk's projected mass sum(min(max(|v| - theta, 0), cap)) for the pass's
     16 candidates theta.  The search finds L, the largest pattern whose mass still exceeds eps."""
     blk = tl.program_id(0)
     b = tl.program_id(1)
     lanes = tl.arange(0, 16)
-    thr, inv = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    thr, nnz = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    seen, room, inv = _tie_place(tpart_ptr, b, blk, NB, k, nnz, thr, EXACT_K, PBLOCK)
     if p == 0:
         lt = tl.full([], 0, tl.int32)
     else:
@@ -171,7 +217,7 @@ def _theta_pass_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, B,
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         m = offs < hi
-        x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
+        x0, v, seen = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step, seen, room, EXACT_K)
         t = tl.maximum(tl.abs(v)[:, None] - theta_c[None, :], 0.0)
         if EXACT:
             cap = tl.maximum(tl.where(v > 0, 1.0 - x0, x0), 0.0)
@@ -182,11 +228,13 @@ def _theta_pass_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, B,
 
 
 @triton.jit
-def _slide_write_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, out_ptr, B, D, NB, CHUNK, k, step,
-                        eps, EXACT: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+def _slide_write_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, tpart_ptr, out_ptr, B, D, NB, CHUNK,
+                        k, step, eps, EXACT: tl.constexpr, EXACT_K: tl.constexpr, BLOCK: tl.constexpr,
+                        PBLOCK: tl.constexpr):
     blk = tl.program_id(0)
     b = tl.program_id(1)
-    thr, inv = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    thr, nnz = _selection(cpart_ptr, state_ptr, b, B, NB, k, PBLOCK)
+    seen, room, inv = _tie_place(tpart_ptr, b, blk, NB, k, nnz, thr, EXACT_K, PBLOCK)
     lt, _, _, _ = _decide(mpart_ptr, state_ptr, b, B, NB, _NP - 1, 2 * _NP - 1, eps, tl.float32, PBLOCK)
     # Candidate 0 of the first theta pass is theta = 0: is v already inside?  Then theta = 0, else
     # one ulp above L, so the result is on the feasible side.
@@ -197,7 +245,7 @@ def _slide_write_kernel(x_ptr, x0_ptr, g_ptr, cpart_ptr, mpart_ptr, state_ptr, o
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         m = offs < hi
-        x0, v = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step)
+        x0, v, seen = _stepped(x_ptr, x0_ptr, g_ptr, base + offs, m, thr, inv, step, seen, room, EXACT_K)
         mag = tl.maximum(tl.abs(v) - theta, 0.0)
         if EXACT:
             mag = tl.minimum(mag, tl.maximum(tl.where(v > 0, 1.0 - x0, x0), 0.0))
@@ -215,11 +263,14 @@ def chunking(B: int, D: int) -> tuple[int, int]:
     return chunk, triton.cdiv(D, chunk)
 
 
-def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None):
+def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None,
+               ties: str = "all"):
     """Triton launcher; same contract as kernels.reference.slide_step."""
     check_same_shape(x, x0, grad)
     if projection not in _PROJECTIONS:
         raise ValueError(f"projection must be one of {_PROJECTIONS}, got {projection!r}")
+    if ties not in SLIDE_TIES:
+        raise ValueError(f"ties must be one of {SLIDE_TIES}, got {ties!r}")
     xc, x0c, gc = as_f32_contiguous(x, x0, grad)
     B = xc.shape[0]
     D = math.prod(xc.shape[1:])
@@ -235,14 +286,19 @@ def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection
     # state[b, p] / state[b, PASSES + p]: the tau / theta prefix before pass p, written by chunk 0.
     state = torch.empty((B, 2 * PASSES), dtype=torch.int32, device=dev)
     grid = (nb, B)
-    exact = projection == "exact"
+    exact, exact_k = projection == "exact", ties == "lowest-index"
+    # Exact k: each chunk's count of ties at the threshold (one more launch); unread otherwise.
+    tpart = torch.zeros((B, nb), dtype=torch.int32, device=dev)
     step, eps = float(step), float(eps)
     for p in range(PASSES):
         _tau_pass_kernel[grid](gc, cpart, state, B, D, nb, chunk, k, p, BLOCK=BLOCK, PBLOCK=PBLOCK,
                                num_warps=NUM_WARPS)
+    if exact_k:
+        _tie_pass_kernel[grid](gc, cpart, state, tpart, B, D, nb, chunk, k, BLOCK=BLOCK, PBLOCK=PBLOCK,
+                               num_warps=NUM_WARPS)
     for p in range(PASSES):
-        _theta_pass_kernel[grid](xc, x0c, gc, cpart, mpart, state, B, D, nb, chunk, k, p, step, eps, EXACT=exact,
-                                 BLOCK=BLOCK, PBLOCK=PBLOCK, num_warps=NUM_WARPS)
-    _slide_write_kernel[grid](xc, x0c, gc, cpart, mpart, state, res, B, D, nb, chunk, k, step, eps, EXACT=exact,
-                              BLOCK=BLOCK, PBLOCK=PBLOCK, num_warps=NUM_WARPS)
+        _theta_pass_kernel[grid](xc, x0c, gc, cpart, mpart, state, tpart, B, D, nb, chunk, k, p, step, eps,
+                                 EXACT=exact, EXACT_K=exact_k, BLOCK=BLOCK, PBLOCK=PBLOCK, num_warps=NUM_WARPS)
+    _slide_write_kernel[grid](xc, x0c, gc, cpart, mpart, state, tpart, res, B, D, nb, chunk, k, step, eps,
+                              EXACT=exact, EXACT_K=exact_k, BLOCK=BLOCK, PBLOCK=PBLOCK, num_warps=NUM_WARPS)
     return finish(res, out)

@@ -230,16 +230,18 @@ def test_mldp_tie_break_image_norm_keeps_a_darker_iterate():
 # ------------------------------------------------------------------ runs, store and report
 def test_released_run_first_n_floor_ladder_and_report(trained, demo_root, tmp_path):
     out = tmp_path / "s.zarr"
-    rel = runner.attack_checkpoint(trained["mlgcn"], "fgsm", out, preset="released", n=6, chunk_size=3,
+    rel = runner.attack_checkpoint(trained["mlliw"], "fgsm", out, preset="released", n=6, chunk_size=3,
                                    root=demo_root, progress=False)
-    pap = runner.attack_checkpoint(trained["mlgcn"], "fgsm", out, n=6, chunk_size=3, root=demo_root, progress=False)
+    pap = runner.attack_checkpoint(trained["mlliw"], "fgsm", out, n=6, chunk_size=3, root=demo_root, progress=False)
     root = results.open_store(out, "r")
-    group = root["mlgcn/demo"]
-    cand = np.asarray(group["candidates"][:])
+    group = root["mlliw/demo"]
+    # ML-LIW is fed its own input under `released` too, its labels shown at sigmoid >= 0.5 (tests/test_feed.py)
+    cand = np.asarray(group["candidates_model_sigmoid"][:])
+    assert cand.tolist() == np.asarray(group["candidates"][:]).tolist()  # no logit of it within 6e-8 below 0
     run = group["fgsm.released.show-many"]
     assert np.asarray(run["sample_index"][:]).tolist() == cand[:6].tolist()  # the first 6, in file order
     a = dict(run.attrs)
-    labels = np.asarray(results.open_store(out, "r")["mlgcn/demo/fgsm/labels_true"][:])
+    labels = np.asarray(results.open_store(out, "r")["mlliw/demo/fgsm/labels_true"][:])
     assert labels.shape[0] == 6
     assert a["rounding"] == "floor" and a["order"] == "first"
     # avgLabels: one per (model, data set), over min(1000, all) selected samples, whatever N the run has

@@ -315,6 +315,42 @@ def _tie_grad(shape, seed):
     return g * torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
 
 
+def advertorch_slide_mask(g, sparsity):
+    """AdverTorch's l1 step: topk's k entries (ties to the lowest index: the rule the engine fixes,
+    as torch.topk's tie order is undocumented), then those > 0."""
+    a = g.detach().reshape(g.shape[0], -1).abs().numpy()
+    D = a.shape[1]
+    k = min(max(int(np.round((1 - sparsity) * D)), 1), D)
+    masks = np.zeros(a.shape, dtype=bool)
+    for i, row in enumerate(a):
+        top = np.lexsort((np.arange(D), -row))[:k]  # by |g| descending, then index ascending
+        masks[i, top] = row[top] > 0
+    return masks
+
+
+def _step_probe(step_fn, g, sparsity, **kw):
+    """The step itself at x = x0 = 1/2, unconstrained: sign(g) / (entries kept) on the kept ones."""
+    half = torch.full_like(g, 0.5)
+    return (step_fn(half, half, g, 0.25, INF, sparsity, "exact", **kw) - 0.5).reshape(g.shape[0], -1)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 17, 29), (2, 7), (1, 1)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.999])
+def test_slide_reference_exact_k_is_advertorchs_topk(shape, sparsity):
+    for g in (_tie_grad(shape, 7), torch.randn(shape, generator=torch.Generator().manual_seed(7))):
+        want = advertorch_slide_mask(g, sparsity)
+        got = _step_probe(R.slide_step, g, sparsity, ties="lowest-index")
+        np.testing.assert_array_equal((got != 0).numpy(), want)
+        # AdverTorch's e = sign(g) * mask / ||sign(g) * mask||_1; each kept entry moves by step / kept
+        # against its gradient (targeted: descent), to within float32 rounding at 0.5
+        kept = torch.from_numpy(want.sum(1, keepdims=True)).float().clamp_min(1)
+        torch.testing.assert_close(got, -torch.sign(g.reshape(got.shape)) * torch.from_numpy(want) * 0.25 / kept,
+                                   rtol=0, atol=1e-7)
+    ties = _tie_grad(shape, 7)
+    if shape == (3, 3, 17, 29) and sparsity == 0.9:  # the rules differ where ties straddle the k-th value
+        assert not np.array_equal(_mask_probe(R.slide_step, ties, sparsity), advertorch_slide_mask(ties, sparsity))
+
+
 @pytest.mark.parametrize("shape", [(3, 3, 17, 29), (2, 7), (1, 1)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.999, 1.0])
 @pytest.mark.parametrize("ties", [False, True])
@@ -586,6 +622,29 @@ def test_tri_slide_many_chunks(tk, monkeypatch):
         torch.testing.assert_close(got, R.slide_step(x, x0, grad, 2.0, eps, 0.9, projection), rtol=0, atol=1e-6)
 
 
+@tri
+def test_tri_slide_exact_k(tk, monkeypatch):
+    """Exact k, ties to the lowest index, on tie-heavy gradients: the reference's step, whether a
+    sample is one program or split over three (the ties ranked across chunks and tiles)."""
+    mod = tk["slide"]
+    shape = (2, 3, 17, 29)
+    x, x0, _ = make_inputs(shape, 26, spread=0.2)
+    g = _tie_grad(shape, 27)
+    for split in (False, True):
+        if split:
+            monkeypatch.setattr(mod, "BLOCK", 256)
+            monkeypatch.setattr(mod, "PBLOCK", 2)
+            monkeypatch.setattr(mod, "chunking", lambda B, D: (512, -(-D // 512)))
+        for sparsity in (0.5, 0.9):
+            np.testing.assert_array_equal(
+                (_step_probe(mod.slide_step, g, sparsity, ties="lowest-index") != 0).numpy(),
+                advertorch_slide_mask(g, sparsity))
+        for projection, eps in (("exact", 3.0), ("advertorch", 1.0)):
+            got = mod.slide_step(x, x0, g, 2.0, eps, 0.9, projection, ties="lowest-index")
+            want = R.slide_step(x, x0, g, 2.0, eps, 0.9, projection, ties="lowest-index")
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(3, 3, 17, 29), (2, 7), (1, 1)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.999])  # middle values: test_tri_slide_many_chunks
 @tri
@@ -603,7 +662,7 @@ def test_tri_bench_agreement(tk):
     from bench.bench_kernels import agreement
 
     rows = agreement("cpu", shapes=((2, 7),))
-    assert {r["kernel"] for r in rows} == {"linf", "l2", "mifgsm", "slide-exact", "slide-advertorch"}
+    assert {r["kernel"] for r in rows} == {"linf", "l2", "mifgsm", "slide-exact", "slide-advertorch", "slide-exact-k"}
     assert any(r["ties"] for r in rows) and all(r["ok"] for r in rows), rows
 
 
@@ -825,8 +884,8 @@ _EXAMPLE_CALLS = {
     "linf_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 0.1, 0.2))],
     "l2_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 0.1, 0.2))],
     "mifgsm_step": lambda x, x0, g, m: [dict(args=(x, x0, g, m, 0.1, 0.2, 1.0))],
-    "slide_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 1.0, 2.0, 0.9), kw={"projection": p})
-                                       for p in ("exact", "advertorch")],
+    "slide_step": lambda x, x0, g, m: [dict(args=(x, x0, g, 1.0, 2.0, 0.9), kw={"projection": p, "ties": t})
+                                       for p in ("exact", "advertorch") for t in ("all", "lowest-index")],
 }
 
 

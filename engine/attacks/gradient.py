@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from engine.attacks.registry import MAX_ITERATIONS, AttackConfig, AttackSpec, register
 from engine.config import param
 from kernels import dispatch as K
+from kernels.reference import SLIDE_TIES
 
 INF = math.inf
 
@@ -90,6 +92,12 @@ class SLIDEConfig(AttackConfig):
     # "advertorch": project onto the L1 ball, then clip to [0, 1] (AdverTorch's order, the
     # study's tool); "exact": the Euclidean projection onto the ball intersected with the box.
     projection: str = param("advertorch", choices=("advertorch", "exact"), doc="projection onto the L1 ball and box")
+    # AdverTorch's l1 step keeps exactly k entries (topk); "all" keeps every entry tied at the k-th
+    # value and divides the step among them: equal on generic gradients, up to 1.0 per pixel apart
+    # on tie-heavy ones.
+    ties: str = param("all", choices=SLIDE_TIES,
+                      doc="entries tied at the k-th |grad|: all kept, or exactly k (lowest index first, the code's)")
+    omit_at_default: ClassVar[tuple[str, ...]] = ("precision", "ties")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,7 +134,7 @@ def _linf_init(x0, cfg, noise):
 
 
 def _slide(x, x0, g, s, cfg, k=K):
-    return k.slide_step(x, x0, g, cfg.step, cfg.eps, cfg.sparsity, projection=cfg.projection), s
+    return k.slide_step(x, x0, g, cfg.step, cfg.eps, cfg.sparsity, projection=cfg.projection, ties=cfg.ties), s
 
 
 def _mifgsm_init(x0, cfg, noise):
@@ -181,7 +189,8 @@ register(AttackSpec(
     title="SLIDE", config=SLIDEConfig, norm="l1", step=_slide, doc=SLIDEConfig.__doc__, bound="eps",
     quick={"iterations": 10, "step": 50.0},  # the paper's step 0.01 moves no pixel by a grey level
     presets={"paper": {"eps": 10000.0, "step": 0.01, "iterations": 40, "sparsity": 0.95},
-             "released": {"eps": 10000.0, "step": 300.0, "iterations": 40, "sparsity": 0.95}},
+             "released": {"eps": 10000.0, "step": 300.0, "iterations": 40, "sparsity": 0.95,
+                          "ties": "lowest-index"}},
 ))
 register(AttackSpec(
     name="mifgsm", family="gradient",

@@ -8,7 +8,8 @@ study's Eq. 9 with equality, solved greedily); r_total += dr and x = clip(x + (1
 r_total). The iterate with the most labels matching y* is kept; ties go to the smaller
 perturbation ``tie_break = "perturbation"``) or, as the released code does, to the smaller norm of
 the adversarial *image* itself (``"image"``: a darker image wins, so a sample that made no progress
-can come back perturbed). r_total is float32, or float64 as in the code (``accumulate``). A sample
+can come back perturbed). r_total is float32, or float64 as in the code (``accumulate``); W W^T and
+the step are float32, or float64 (``gram``) as the code's on NUS-WIDE. A sample
 whose W W^T is singular skips that iteration, as in the code; so does one whose step overflows
 float32 (not reproduced: the code's inverse then poisons r_total with NaN for good).
 
@@ -21,12 +22,13 @@ Norm: L2 (unbounded). Shapes: x [B,3,H,W] in [0,1].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from engine.attacks.driver import finalize, jacobian
 from engine.attacks.registry import MAX_ITERATIONS, AttackConfig, AttackSpec, Passes, register
-from engine.config import param
+from engine.config import GRAM_DTYPES, param
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +41,11 @@ class MLDPConfig(AttackConfig):
                            doc="equal label counts: the smaller perturbation, or the smaller image (the code's)")
     accumulate: str = param("float32", choices=("float32", "float64"),
                             doc="precision of the accumulated step (float64: the released code's)")
+    # The code forms W W^T and the step in the dtype of its y: float32, but int64 (promoted to
+    # float64) on NUS-WIDE. Set per (model, data set) by the released cells (engine.protocol.Feed).
+    gram: str = param("float32", choices=GRAM_DTYPES,
+                      doc="dtype of W W^T and of the step W^T (W W^T)^-1 (0.5 - f) (float64: the code on NUS-WIDE)")
+    omit_at_default: ClassVar[tuple[str, ...]] = ("precision", "gram")
 
 
 def _matched(logits: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
@@ -68,13 +75,14 @@ def run(model, x0, y_star, eligible, cfg: MLDPConfig, ctx):
         bad_iter[idx] = torch.where(~finite & (bad_iter[idx] < 0), it, bad_iter[idx])
         Jf = torch.where(finite[:, None, None], Jf, torch.zeros_like(Jf))
         f = torch.where(finite[:, None], f, torch.full_like(f, 0.5))
-        gram = (Jf @ Jf.transpose(1, 2)).double()
+        Jg = Jf.double() if cfg.gram == "float64" else Jf
+        gram = (Jg @ Jg.transpose(1, 2)).double()
         dropped = gram.diagonal(dim1=1, dim2=2) == 0  # an all-zero gradient row and column
         eye = torch.eye(l, dtype=gram.dtype, device=gram.device)
         gram = torch.where(dropped[:, :, None] | dropped[:, None, :], eye.expand_as(gram), gram)
         rhs = torch.where(dropped, 0.0, (0.5 - f).double())
         alpha, info = torch.linalg.solve_ex(gram, rhs.unsqueeze(2))
-        dr = (Jf.transpose(1, 2) @ alpha.float()).squeeze(2).view_as(x[idx])
+        dr = (Jg.transpose(1, 2) @ alpha.to(Jg.dtype)).squeeze(2).view_as(x[idx])
         # A near-singular W W^T (saturated sigmoids have gradients ~1e-7) gives steps that overflow
         # float32; such a step is skipped like a singular one, instead of poisoning r_total.
         solved = (info == 0) & torch.isfinite(alpha).all(2).all(1) & finite & torch.isfinite(dr).flatten(1).all(1)

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,12 +34,16 @@ class AttackConfig(Config):
     prob_clamp: float = param(1e-6, ge=0, lt=0.5, doc="probabilities are clamped to [c, 1 - c] in the loss")
     precision: str = param("fp32", choices=PRECISIONS, doc="arithmetic of the model's forward and backward")
 
+    # Fields that came after runs had been made without them: left out of to_dict at their default
+    # (every run before the precision option was fp32), so that the fingerprints of those runs and
+    # sweep records (made from this dict) stay what they were.
+    omit_at_default: ClassVar[tuple[str, ...]] = ("precision",)
+
     def to_dict(self) -> dict[str, Any]:
-        # Every run before the precision option was fp32: leaving it out at its default keeps the
-        # fingerprints of those runs and sweep records (made from this dict) what they were.
         d = super().to_dict()
-        if d.get("precision") == "fp32":
-            del d["precision"]
+        for f in fields(self):
+            if f.name in self.omit_at_default and d.get(f.name) == f.default:
+                del d[f.name]
         return d
 
 

@@ -13,6 +13,7 @@ from engine.config import ModelConfig
 from engine.errors import UserError
 from engine.models import backbones, checkpoints
 from engine.models.conventions import HALF, IMAGENET_MEAN, IMAGENET_STD, confidence, predict
+from engine.models.feed import fed
 from engine.models.mlgcn import MLGCN, correlation_matrix
 from engine.models.mlliw import MLLIW
 
@@ -105,6 +106,7 @@ __all__ = [
     "build",
     "confidence",
     "correlation_matrix",
+    "fed",
     "from_checkpoint",
     "load",
     "predict",

@@ -4,6 +4,7 @@ Layout::
 
     /{model}/{dataset}/                    attrs: metrics (Table 1), checkpoint, label_names, data_digest, ...
     /{model}/{dataset}/candidates [M]      test indices the model predicts exactly right
+    /{model}/{dataset}/candidates_{input}_{shown} [M]   the same, the model fed as a released cell feeds it
     /{model}/{dataset}/{run}/              attrs: store_format, fingerprint, attack, preset, params, target,
                                            config, seed, exp_labels, avg_labels, n_requested, n, chunk_size, ...
         sample_index [N] int64             data set index of each attacked sample

@@ -40,7 +40,8 @@ def done_flags(run: zarr.Group) -> np.ndarray:
 def done_chunks(run: zarr.Group) -> np.ndarray:
     """The done flags, after checking that every done chunk's rows are present."""
     done = done_flags(run)
-    want = set(np.nonzero(done)[0].tolist())
+    # An empty run (no sample to attack) has one chunk of no rows: no array holds a file for it.
+    want = set(np.nonzero(done)[0].tolist()) if int(run.attrs["n"]) else set()
     for name in (*RESULT_FIELDS, "reason"):
         have = _present(run, name, len(result_shape(name, 0, 0)) if name in RESULT_FIELDS else 1)
         if have is not None and want - have:

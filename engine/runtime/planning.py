@@ -151,6 +151,11 @@ def dataset_key(ds: ImageListDataset) -> str:
     return ds.name if ds.split == data.info(ds.name).test_split else f"{ds.name}@{ds.split}"
 
 
+def exactly_right(model: nn.Module, ds: ImageListDataset, device: str) -> np.ndarray:
+    """Indices of the test samples ``model`` predicts exactly right (every label, >= 1 of them)."""
+    return _scan(model, ds, device)[1]
+
+
 @torch.no_grad()
 def _scan(model: nn.Module, ds: ImageListDataset, device: str, batch_size: int = 128):
     model.eval()

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine import attacks, protocol, results
+from engine import attacks, models, protocol, results
 from engine.config import COMPILE_MODES
 from engine.device import check_device
 from engine.errors import UserError
 from engine.results import attrs
 from engine.runtime import batching, provenance
-from engine.runtime.planning import Plan, plan
+from engine.runtime.planning import Plan, exactly_right, plan
 from engine.runtime.runspec import RunSpec
 
 __all__ = ["Plan", "RunSpec", "attack_checkpoint", "open_run", "plan", "run_shard", "todo_chunks"]
@@ -90,29 +90,61 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     """
     n_req = rs.samples(p.family, p.dataset.name)
     _check_chunks_fit_code_batch(p, rs)
-    picked = pick_samples(p, rs, n_req)
-    scored = scoring_attrs(p, rs)
-    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
+    feed = rs.feed(p.family, p.dataset.name)
+    # The feed's attack-side setting (gram) lives in the config, which the fingerprint holds already.
+    fed_as = {k: v for k, v in feed.changed().items() if k != "gram"}
+    config = rs.config_for(p.family, p.dataset.name)
+    candidates = candidates_for(p, fed_model(p, rs), feed)
+    picked = pick_samples(p, rs, n_req, candidates, feed)
+    scored = scoring_attrs(p, rs, candidates)
+    image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv and len(picked) else None
     made_from = {"checkpoint_digest": p.digest, "target_label": rs.target_label, "order": rs.order,
                  "n_requested": n_req, "early_exit": rs.early_exit,
                  "exit_every": rs.exit_every if rs.early_exit else None, "split": p.dataset.split,
                  # the content digest of the data read (sample list and file bytes): other data at
                  # resume is refused, an identical copy at another path is accepted
-                 "data_digest": p.data_digest}
+                 "data_digest": p.data_digest,
+                 # what the model is fed, only where it is not its own input (as precision is left
+                 # out at fp32): runs made before the feed keep their fingerprints
+                 **({"feed": fed_as} if fed_as else {})}
+    note = protocol.inferred_note(rs.preset, p.family, p.dataset.name)
+    if note:
+        log.warning("%s", note)
+    run_attrs = attrs.run_attrs(rs.spec, config, preset=rs.preset, params=rs.params_resolved, target=rs.target,
+                                target_label=rs.target_label, seed=rs.seed, order=rs.order, early_exit=rs.early_exit,
+                                n_requested=n_req, n_available=int(len(candidates)), scored=scored,
+                                label_names=p.dataset.label_names, model_metrics=p.metrics, checkpoint=p.checkpoint,
+                                made_by="engine.runtime.runner.open_run", feed=fed_as, warning=note)
     run = results.create_run(
         results.model_group(root_group, p.model_key, p.dataset_key), rs.key, n=len(picked),
-        num_labels=p.dataset.num_labels, image_shape=image_shape, chunk_size=rs.chunk_size,
-        attrs=attrs.run_attrs(rs.spec, rs.config, preset=rs.preset, params=rs.params_resolved, target=rs.target,
-                              target_label=rs.target_label, seed=rs.seed, order=rs.order, early_exit=rs.early_exit,
-                              n_requested=n_req, n_available=int(len(p.candidates)), scored=scored,
-                              label_names=p.dataset.label_names, model_metrics=p.metrics, checkpoint=p.checkpoint,
-                              made_by="engine.runtime.runner.open_run"),
+        num_labels=p.dataset.num_labels, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=run_attrs,
         sample_index=picked, labels_true=p.dataset.labels[picked].astype(bool),
-        fingerprint=attrs.fingerprint(rs.spec, rs.config, target=rs.target, seed=rs.seed, **made_from))
+        fingerprint=attrs.fingerprint(rs.spec, config, target=rs.target, seed=rs.seed, **made_from))
     # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
     if any(run.attrs.get(k) != v for k, v in scored.items()):
         run.attrs.update(scored)
     return run
+
+
+def fed_model(p: Plan, rs: RunSpec):
+    """The model as this run feeds it (engine.models.feed): its own input, or the released code's."""
+    feed = rs.feed(p.family, p.dataset.name)
+    return models.fed(p.model, feed.input, feed.shown)
+
+
+def candidates_for(p: Plan, model, feed: protocol.Feed) -> np.ndarray:
+    """The test samples ``model`` (as ``feed`` feeds it) predicts exactly right: the plan's where the
+    feed is the model's own; else one more pass over the split, cached in the model group."""
+    if not ({"input", "shown"} & set(feed.changed())):
+        return p.candidates
+    group = results.model_group(p.root, p.model_key, p.dataset_key)
+    name = f"candidates_{feed.input}_{feed.shown}"
+    if name not in group:
+        device = next(iter(p.model.parameters()), torch.empty(0)).device
+        cand = exactly_right(model, p.dataset, str(device))
+        group.create_array(name, shape=(len(cand),), chunks=(max(len(cand), 1),), dtype="int64",
+                           dimension_names=("candidate",), overwrite=True)[:] = cand
+    return np.asarray(group[name][:])
 
 
 def _check_chunks_fit_code_batch(p: Plan, rs: RunSpec) -> None:
@@ -124,27 +156,33 @@ def _check_chunks_fit_code_batch(p: Plan, rs: RunSpec) -> None:
                         f"chunk_size to a multiple of {batch}, e.g. {batch * max(1, rs.chunk_size // batch)}")
 
 
-def pick_samples(p: Plan, rs: RunSpec, n_req: int) -> np.ndarray:
-    """The run's N samples among the candidates (all of them where there are fewer, with a warning)."""
-    picked = protocol.select(p.candidates, n_req, rs.seed, rs.order)
-    if len(picked) == 0:
+def pick_samples(p: Plan, rs: RunSpec, n_req: int, candidates: np.ndarray, feed: protocol.Feed) -> np.ndarray:
+    """The run's N samples among the candidates (all of them where there are fewer, with a warning;
+    none, where the model is fed other than its own way, makes an empty run the tables show)."""
+    if len(candidates) == 0:
+        if feed.changed():
+            log.warning("%s/%s: the model predicts no test sample exactly right as fed here (%s): an empty run",
+                        p.model_key, p.dataset_key, feed.changed())
+            return np.zeros(0, dtype=np.int64)
         raise UserError(f"{p.checkpoint}: the model predicts no test sample of {p.dataset_key} exactly right")
+    picked = protocol.select(candidates, n_req, rs.seed, rs.order)
     if len(picked) < n_req:
         log.warning("only %d correctly predicted samples (asked for %d): using all of them", len(picked), n_req)
     return picked
 
 
-def scoring_attrs(p: Plan, rs: RunSpec) -> dict[str, Any]:
+def scoring_attrs(p: Plan, rs: RunSpec, candidates: np.ndarray) -> dict[str, Any]:
     """avgLabels, where it came from, and the ladder (engine.protocol): one avgLabels per (model,
     data set) and rule set, whatever N this run attacks."""
     basis_n = protocol.avg_labels_basis(rs.preset, p.family, p.dataset.name)
-    basis = protocol.select(p.candidates, basis_n, rs.seed, rs.order)
-    avg = float(p.dataset.labels[basis].astype(bool).sum(1).mean())
+    basis = protocol.select(candidates, basis_n, rs.seed, rs.order) if len(candidates) else candidates
+    avg = float(p.dataset.labels[basis].astype(bool).sum(1).mean()) if len(basis) else float("nan")
     how = f"the first {len(basis)}" if rs.order == "first" else f"{len(basis)} seeded (seed {rs.seed})"
     source = (f"mean true-label count of {how} correctly predicted samples of "
               f"{p.model_key}/{p.dataset_key}" + (" (the code's y.npy)" if protocol.rules(rs.preset).released else
                                                   " (one per data set, the text's)"))
-    return attrs.scoring(avg, int(len(basis)), source, rs.rounding, p.dataset.num_labels)
+    return attrs.scoring(avg, int(len(basis)), source, rs.rounding, p.dataset.num_labels,
+                         protocol.ladder_columns(rs.preset, p.family, p.dataset.name))
 
 
 def todo_chunks(run) -> list[int]:
@@ -176,15 +214,16 @@ def attack_samples(p: Plan, rs: RunSpec, index: np.ndarray, *, device: str, ctx:
     """Attack data set samples ``index`` batch by batch: (result rows, failure reasons, x_adv - x
     where ``keep_delta``)."""
     spec = rs.spec
-    shape = tuple(p.dataset.image(int(index[0])).shape) if len(index) else (3, 1, 1)
-    bs = batch_for(p, rs, shape, device)
+    model, config = fed_model(p, rs), rs.config_for(p.family, p.dataset.name)
+    # An empty run (no sample predicted exactly right as fed) still has one chunk, of no rows.
+    bs = batch_for(p, rs, tuple(p.dataset.image(int(index[0])).shape), device) if len(index) else 1
     parts: dict[str, list] = {k: [] for k in results.RESULT_FIELDS}
     reasons: list[str] = []
     deltas = []
     for s in range(0, len(index), bs):
         ids = index[s : s + bs]
         x = torch.stack([p.dataset.image(int(i)) for i in ids]).to(device)
-        res = attacks.run(p.model, x, spec.name, config=rs.config, target=rs.target, seed=rs.seed,
+        res = attacks.run(model, x, spec.name, config=config, target=rs.target, seed=rs.seed,
                           sample_ids=ids.tolist(), early_exit=rs.early_exit, exit_every=rs.exit_every,
                           target_label=rs.target_label, ctx=ctx, compile=compile and spec.kind == "iterative")
         for k in parts:
@@ -194,7 +233,9 @@ def attack_samples(p: Plan, rs: RunSpec, index: np.ndarray, *, device: str, ctx:
             deltas.append((res.x_adv - x).cpu().numpy())
         if progress is not None:
             progress(len(ids))
-    rows = {k: np.concatenate(v).astype(results.RESULT_FIELDS[k][0]) for k, v in parts.items()}
+    l = p.dataset.num_labels
+    rows = {k: np.concatenate(v).astype(results.RESULT_FIELDS[k][0]) if v else
+            np.zeros(results.result_shape(k, 0, l), dtype=results.RESULT_FIELDS[k][0]) for k, v in parts.items()}
     rows["y_star"] = rows["y_star"] > 0.5
     return rows, reasons, np.concatenate(deltas) if deltas else None
 

@@ -7,7 +7,7 @@ every value and resolves the attack spec, its config and N, so nothing downstrea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from engine import attacks, protocol
@@ -59,6 +59,19 @@ class RunSpec(RunConfig):
         if self.n is None and self.preset not in self.spec.default_samples and protocol.rules(self.preset).released:
             return protocol.cell(family, dataset).scored
         return self.n_requested
+
+    def feed(self, family: str, dataset: str) -> protocol.Feed:
+        """What this run feeds a (model family, data set): the released code's cell under
+        ``released`` (engine.protocol.RELEASED_CELLS), the model's own input elsewhere."""
+        return protocol.feed(self.preset, family, dataset)
+
+    def config_for(self, family: str, dataset: str) -> AttackConfig:
+        """The attack config on a (model family, data set): the preset's, with the feed's settings
+        that are fields of this config (``gram``) where ``params`` does not set them."""
+        names = {f.name for f in fields(self.config)}
+        over = {k: v for k, v in self.feed(family, dataset).changed().items()
+                if k in names and k not in (self.params or {})}
+        return replace(self.config, **over) if over else self.config
 
     @property
     def params_resolved(self) -> dict[str, Any]:
