@@ -160,3 +160,21 @@ def test_default_target_of_the_api_and_the_cli(trained, tmp_path, capsys):
     (run,) = [r for _, _, _, r in results.iter_runs(results.open_store(out, "r"))]
     y_star, eligible = results.read(run, "y_star"), results.read(run, "eligible")
     assert (y_star[eligible].sum(1) == 2).all()  # the store holds the k chosen labels
+
+
+def test_sweep_files_take_the_attacks_default_targets(tmp_path):
+    from engine.runtime import sweep as sw
+
+    p = tmp_path / "f.toml"
+    p.write_text('[[model]]\ncheckpoint = "m.pt"\n'
+                 '[[attack]]\nname = "tkmlapu"\nparams = { k = [1, 2] }\n'
+                 '[[attack]]\nname = "mlrank2"\n[[attack]]\nname = "pgd"\n'
+                 '[[attack]]\nname = "tkmlapt"\ntargets = ["topk-targeted", "show-many"]\n')
+    runs = [r.spec for r in sw.load_sweep(p, check_files=False).runs]
+    assert [(r.attack, r.target) for r in runs] == [
+        ("tkmlapu", "topk-untargeted"), ("tkmlapu", "topk-untargeted"), ("mlrank2", "rank-ii"),
+        ("pgd", "show-many"), ("tkmlapt", "topk-targeted"), ("tkmlapt", "show-many")]
+    assert runs[3].key == "pgd" and runs[0].key == "tkmlapu.paper.topk-untargeted@k=1"  # study keys unchanged
+    p.write_text('[[model]]\ncheckpoint = "m.pt"\n[[attack]]\nname = "fgsm"\ntarget = "topk-untargeted"\n')
+    with pytest.raises(UserError, match=r"f\.toml:\d+: .*target topk-untargeted needs the attack's parameter k"):
+        sw.load_sweep(p, check_files=False)
