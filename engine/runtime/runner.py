@@ -89,6 +89,9 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
     """
     n_req = rs.samples(p.family, p.dataset.name)
+    # What only the model can tell (k against its label count, a named label set) fails before the
+    # group exists.
+    rs.check_labels(p.dataset.num_labels, p.dataset.label_names)
     _check_chunks_fit_code_batch(p, rs)
     feed = rs.feed(p.family, p.dataset.name)
     # The feed's attack-side setting (gram) lives in the config, which the fingerprint holds already.
@@ -241,7 +244,7 @@ def attack_samples(p: Plan, rs: RunSpec, index: np.ndarray, *, device: str, ctx:
 
 
 def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Path, *, preset: str = "paper",
-                      target: str = "show-many", target_label: Any = None, params: dict | None = None,
+                      target: str | None = None, target_label: Any = None, params: dict | None = None,
                       n: int | None = None, seed: int = 0, order: str | None = None,
                       rounding: str | None = None, dataset: str | None = None,
                       root: str | Path | None = None, split: str | None = None, chunk_size: int = 100,
@@ -271,7 +274,8 @@ def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Pat
 
         p = plan(checkpoint, open_locked, dataset=dataset, root=root, split=split, device=device,
                  model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
-                 allow_missing=allow_missing, own_model=own_model, **load_kw)
+                 allow_missing=allow_missing, own_model=own_model,
+                 check=lambda ds: rs.check_labels(ds.num_labels, ds.label_names), **load_kw)
         return _attack(p, rs, out, device, workers, progress, compiled)
 
 
