@@ -80,6 +80,11 @@ FAMILIES: dict[str, Family] = {
         (ML-CW), and the exact linear program of MLA-LP. Each runs its own loop and returns the
         driver's result type; what the runtime must know about them (Jacobians, CPU-bound solver
         work, worker pools, batch-dependent rules) is a trait of their spec."""),
+    "blackbox": Family("Black-box attacks", """
+        Attacks that see only the model's outputs: no gradient, no backward pass (they run on a model
+        whose backward raises). Their cost is the model forwards they run per sample, which the store
+        keeps as ``queries``; the populations of every sample of a batch go through the model in one
+        forward, each sample's random draws from its own seeded generator."""),
 }
 
 

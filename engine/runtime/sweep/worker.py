@@ -114,6 +114,7 @@ class SweepWorker:
         l = int(run.attrs["num_labels"])
         rows = {k: np.zeros(results.result_shape(k, n, l), dtype=dt) for k, (dt, _) in results.RESULT_FIELDS.items()}
         rows["failed"][:] = True
+        rows["queries"][:] = -1  # nothing counted
         results.write_chunk(run, chunk, rows, [f"{GAVE_UP}{reason}"] * n)
         return {"rows": n, "pid": os.getpid()}
 

@@ -1,0 +1,180 @@
+"""The field's attacks beyond the study's nine, against small independent ports of their reference code.
+
+Each port is written for the test from the paper and a reading of the reference (never imported: the
+references hard-code CUDA or run one sample at a time); where the reference draws from numpy's global
+RNG, the port is handed the engine's own per-sample draws instead.
+"""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch import nn
+
+import cli.main
+from engine import attacks, models, results
+from engine.attacks import mlaede
+
+# ------------------------------------------------------------------ a small model with a known form
+
+
+class Linear(nn.Module):
+    """Logits W x + b on 3 x 4 x 4 images: a model with a fixed answer and batch-exact arithmetic."""
+
+    def __init__(self, labels=5, seed=0, bias=-0.5):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(labels, 48, generator=g) * 0.5)
+        self.b = nn.Parameter(torch.full((labels,), bias))
+        self.num_labels = labels
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def images(n, seed=1):
+    return torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+class NoBackward(torch.autograd.Function):
+    """Identity whose backward raises: a model behind it answers queries only."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("this model has no backward pass")
+
+
+class BlackBox(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return NoBackward.apply(self.inner(x))
+
+
+def sml(capsys, *argv):
+    rc = cli.main.main([str(a) for a in argv])
+    return rc, capsys.readouterr().err.strip()
+
+
+# ------------------------------------------------------------------------------------- MLAE-DE
+def mlae_de_port(prob, image, target, eps, pop_size, generation, first_pop, perms):
+    """The study's attacks/mlae_de.py ``DE`` for one image, its numpy RNG replaced by ``first_pop``
+    and ``perms`` (two row permutations per generation). Returns (x_adv, the code's own count,
+    forwards actually run)."""
+
+    def evaluate(pop):
+        imgs = np.clip(image[None] + pop.reshape((len(pop),) + image.shape) * eps, 0.0, 1.0)
+        fit = prob(imgs.astype(np.float32)) - np.zeros((len(pop), target.size)) - 0.5
+        on = target > 0
+        fit[:, on] = -fit[:, on]
+        fit[fit < 0] = 0
+        return fit.sum(1), fit
+
+    def select(pop, fitness, fit, off, off_fitness, off_fit):
+        take = fitness > off_fitness
+        return np.where(take[:, None], off, pop), np.where(take, off_fitness, fitness), \
+            np.where(take[:, None], off_fit, fit)
+
+    pop = first_pop.copy()
+    fitness, fit = evaluate(pop)
+    count = forwards = pop_size
+    if not (fitness == 0).any():
+        while count < pop_size * generation:
+            a, b = next(perms)
+            p2 = pop[a]
+            p3 = p2[b]
+            off = pop + 0.5 * (p2 - p3)
+            o_fitness, o_fit = evaluate(off)
+            count += pop_size
+            forwards += pop_size
+            pop, fitness, fit = select(pop, fitness, fit, off, o_fitness, o_fit)
+            new = pop.copy()
+            for i in range(pop_size):
+                masked = np.where(fit[i] == 0, 0.0, fit)  # only the labels i gets wrong
+                new[i] = pop[i] + pop[int(np.argmin(masked.sum(1)))] * 0.5
+            c_fitness, c_fit = evaluate(new)
+            forwards += pop_size  # the complement's forward, which the code does not count
+            pop, fitness, fit = select(pop, fitness, fit, new, c_fitness, c_fit)
+            if (fitness == 0).any():
+                break
+    zero = np.nonzero(fitness == 0)[0]
+    r, count = (pop[zero[0]], count) if len(zero) else (pop[0], count / 100)
+    return np.clip(image + r.reshape(image.shape) * eps, 0, 1), count, forwards
+
+
+def mlaede_reference_runs(model, x, sample_ids, seed, cfg):
+    prob = lambda imgs: torch.sigmoid(model(torch.from_numpy(imgs))).detach().numpy()  # noqa: E731
+    out = []
+    for img, sid in zip(x, sample_ids):
+        g, first = mlaede.draws(seed, sid, cfg.pop_size, img.numel())
+        perms = iter(lambda: (torch.randperm(cfg.pop_size, generator=g).numpy(),
+                              torch.randperm(cfg.pop_size, generator=g).numpy()), None)
+        out.append(mlae_de_port(prob, img.numpy(), np.ones(model.num_labels), cfg.eps, cfg.pop_size,
+                                cfg.generations, first.numpy(), perms))
+    return out
+
+
+def test_mlaede_released_equals_the_reference_port():
+    model, x, ids = Linear(), images(6), [3, 14, 15, 92, 65, 35]
+    cfg = attacks.make_config("mlaede", "released", eps=0.5, pop_size=6, generations=8)
+    res = attacks.run(model, x, "mlaede", config=cfg, seed=5, sample_ids=ids)
+    ref = mlaede_reference_runs(model, x, ids, 5, cfg)
+    want = torch.from_numpy(np.stack([r[0] for r in ref])).float()
+    torch.testing.assert_close(res.x_adv, want, atol=1e-6, rtol=0)
+    assert res.queries.tolist() == [r[2] for r in ref]
+    assert res.success.any() and not res.success.all()  # both of the code's exits are compared
+    for r, q in zip(ref, res.queries.tolist()):  # the code's count: no complement forwards, /100 on failure
+        assert r[1] in ((q + 6) / 2, (q + 6) / 200)
+    # The code's population leaves [-1, 1]^d: released perturbations may exceed eps.
+    assert res.norms[:, 3].max() > 0.5
+
+
+def test_mlaede_paper_stays_within_eps_and_keeps_the_fittest():
+    model, x, ids = Linear(), images(6), list(range(6))
+    res = attacks.run(model, x, "mlaede", eps=0.3, pop_size=6, generations=8, sample_ids=ids)
+    assert (res.norms[:, 3] <= 0.3 + 1e-6).all()
+    with torch.no_grad():
+        left = mlaede.fitness(model(res.x_adv), torch.ones(6, 5)).sum(1)
+        clean = mlaede.fitness(model(x), torch.ones(6, 5)).sum(1)
+    assert (left <= clean).all() and (left < clean).any()
+    assert (res.queries <= 6 * (2 * 8 - 1)).all() and (res.queries >= 6).all()
+
+
+def test_mlaede_runs_on_a_model_whose_backward_raises_and_counts_its_queries():
+    model, x = BlackBox(Linear()), images(4)
+    with pytest.raises(RuntimeError):  # the stand-in really has no backward
+        model(x.requires_grad_(True)).sum().backward()
+    x = x.detach()
+    res = attacks.run(model, x, "mlaede", eps=0.3, pop_size=5, generations=4)
+    assert not res.failed.any()
+    assert res.label_count_final.float().mean() > (model(x) >= 0).sum(1).float().mean()
+    # the first population, then mutants and complements for every generation run
+    assert res.queries.tolist() == [5 * (1 + 2 * int(i)) for i in res.iters]
+
+
+def test_queries_are_stored_for_black_box_attacks_only(trained, tmp_path, capsys):
+    store = tmp_path / "s.zarr"
+    for name in ("mlaede", "fgsm"):
+        rc, err = sml(capsys, "attack", "--checkpoint", trained["mlgcn"], "--attack", name, "--n", 4,
+                      "--out", store, "--no-progress", *(("--param", "generations=3") if name == "mlaede" else ()))
+        assert rc == 0, err
+    demo = zarr.open_group(str(store), mode="r")["mlgcn/demo"]
+    q = results.read(demo["mlaede@generations=3"], "queries")
+    iters = results.read(demo["mlaede@generations=3"], "iters")
+    assert (q == 10 * (1 + 2 * iters)).all() and q.min() >= 10
+    assert (results.read(demo["fgsm"], "queries") == -1).all()
+
+
+def test_mlaede_batches_and_results_do_not_depend_on_batch_mates(trained, demo_root):
+    model = models.load(trained["mlgcn"])
+    x = images(3, seed=4).repeat_interleave(5, 2).repeat_interleave(5, 3)[:, :, :20, :20]
+    whole = attacks.run(model, x, "mlaede", sample_ids=[7, 8, 9], **attacks.get("mlaede").quick)
+    alone = attacks.run(model, x[1:2], "mlaede", sample_ids=[8], **attacks.get("mlaede").quick)
+    assert whole.queries[1] == alone.queries[0]
+    torch.testing.assert_close(whole.x_adv[1:2], alone.x_adv, atol=1e-5, rtol=0)
