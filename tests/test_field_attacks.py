@@ -113,8 +113,8 @@ def mlaede_reference_runs(model, x, sample_ids, seed, cfg):
     out = []
     for img, sid in zip(x, sample_ids):
         g, first = mlaede.draws(seed, sid, cfg.pop_size, img.numel())
-        perms = iter(lambda: (torch.randperm(cfg.pop_size, generator=g).numpy(),
-                              torch.randperm(cfg.pop_size, generator=g).numpy()), None)
+        perms = iter(lambda g=g: (torch.randperm(cfg.pop_size, generator=g).numpy(),
+                                  torch.randperm(cfg.pop_size, generator=g).numpy()), None)
         out.append(mlae_de_port(prob, img.numpy(), np.ones(model.num_labels), cfg.eps, cfg.pop_size,
                                 cfg.generations, first.numpy(), perms))
     return out
