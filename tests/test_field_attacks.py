@@ -13,18 +13,18 @@ from torch import nn
 
 import cli.main
 from engine import attacks, models, results
-from engine.attacks import mlaede
+from engine.attacks import mlaede, mljsma
 
 # ------------------------------------------------------------------ a small model with a known form
 
 
 class Linear(nn.Module):
-    """Logits W x + b on 3 x 4 x 4 images: a model with a fixed answer and batch-exact arithmetic."""
+    """Logits W x + b on 3 x s x s images: a model with a fixed answer and batch-exact arithmetic."""
 
-    def __init__(self, labels=5, seed=0, bias=-0.5):
+    def __init__(self, labels=5, seed=0, bias=-0.5, side=4, scale=0.5):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(labels, 48, generator=g) * 0.5)
+        self.w = nn.Parameter(torch.randn(labels, 3 * side * side, generator=g) * scale)
         self.b = nn.Parameter(torch.full((labels,), bias))
         self.num_labels = labels
 
@@ -32,8 +32,8 @@ class Linear(nn.Module):
         return x.flatten(1) @ self.w.T + self.b
 
 
-def images(n, seed=1):
-    return torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+def images(n, seed=1, side=4):
+    return torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
 class NoBackward(torch.autograd.Function):
@@ -178,3 +178,71 @@ def test_mlaede_batches_and_results_do_not_depend_on_batch_mates(trained, demo_r
     alone = attacks.run(model, x[1:2], "mlaede", sample_ids=[8], **attacks.get("mlaede").quick)
     assert whole.queries[1] == alone.queries[0]
     torch.testing.assert_close(whole.x_adv[1:2], alone.x_adv, atol=1e-5, rtol=0)
+
+
+# -------------------------------------------------------------------------------------- ML-JSMA
+def jsma_port(prob, x, y_target, theta, gamma):
+    """The study's attacks/ml_jsma_pytorch.py ``generate_np`` on a batch, feature by feature as the
+    code loops (its CUDA calls left out): the saliency of each feature from the Jacobian rows of
+    the wrong and the right labels, then the most salient floor(d / 100) raised by theta."""
+
+    def jac_and_out(sample):
+        xt = torch.from_numpy(sample).requires_grad_(True)
+        out = prob(xt)
+        rows = [torch.autograd.grad(out[:, j].sum(), xt, retain_graph=True)[0].numpy() for j in range(out.shape[1])]
+        return np.stack(rows, 1), out.detach().numpy()
+
+    sample = x.copy()
+    d, l = sample[0].size, y_target.shape[1]
+    jac, out = jac_and_out(sample)
+    current = (out >= 0.5).astype(np.float32)
+    iteration = 0
+    while np.any(current != y_target) and iteration < gamma:
+        for idx in range(len(sample)):
+            if np.all(current[idx] == y_target[idx]):
+                continue
+            y_diff = y_target[idx] - current[idx]
+            J = jac[idx].reshape(l, -1).T
+            sal = []
+            for i in range(d):
+                t = o = 0
+                for j in range(l):
+                    if y_diff[j] == 0:
+                        o += J[i][j]
+                    else:
+                        t += J[i][j] * y_diff[j]
+                sal.append(0 if t < 0 else t - o)
+            for _ in range(d // 100):
+                m = int(np.argmax(sal))
+                if sal[m] <= 0:
+                    break
+                sample[idx].reshape(-1)[m] += theta
+                sal[m] = 0
+        sample = np.clip(sample, 0.0, 1.0)
+        jac, out = jac_and_out(sample)
+        current = (out >= 0.5).astype(np.float32)
+        iteration += 1
+    return sample
+
+
+def test_mljsma_equals_the_reference_port():
+    model, x = Linear(bias=-1.0, side=8, scale=2.0), images(5, side=8)
+    prob = lambda t: torch.sigmoid(model(t))  # noqa: E731
+    for theta, gamma in ((1.0, 3), (0.2, 6)):
+        res = attacks.run(model, x, "mljsma", theta=theta, iterations=gamma)
+        want = jsma_port(prob, x.numpy(), np.ones((5, 5), dtype=np.float32), theta, gamma)
+        torch.testing.assert_close(res.x_adv, torch.from_numpy(want), atol=1e-6, rtol=0)
+        changed = (res.x_adv != x).flatten(1).sum(1)
+        assert (changed <= gamma * (192 // 100)).all() and (changed > 0).any()
+        assert torch.equal(res.norms[:, 0], changed.float())
+    assert res.success.any()  # some reached y*, and stopped there
+    assert (res.iters[res.success] < gamma).any() or res.success.all()
+
+
+def test_mljsma_saliency_and_choice():
+    J = torch.tensor([[[1.0, -2.0, 0.5, 3.0]], [[0.0, 1.0, 1.0, -1.0]]]).transpose(0, 1).reshape(1, 2, 4)
+    # label 0 is wrong (to be shown: dy = +1), label 1 right: S = J0 - J1 where J0 >= 0, else 0
+    S = mljsma.saliency(J, torch.tensor([[False, True]]), torch.tensor([[1.0, 1.0]]))
+    assert S.tolist() == [[1.0, 0.0, -0.5, 4.0]]
+    assert mljsma.chosen(torch.tensor([[1.0, 0.0, 2.0, 2.0, -1.0]]), 2).tolist() == [[False, False, True, True, False]]
+    assert mljsma.chosen(torch.tensor([[1.0, 0.0, 0.0, -1.0]]), 3).tolist() == [[True, False, False, False]]

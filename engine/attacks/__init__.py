@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attacks import gradient, losses, mlaede, mlalp, mlcw, mldp, precision, targets  # noqa: F401 - importing registers them
+from engine.attacks import gradient, losses, mlaede, mlalp, mlcw, mldp, mljsma, precision, targets  # noqa: F401 - importing registers them
 from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
 from engine.errors import UserError

@@ -80,6 +80,10 @@ FAMILIES: dict[str, Family] = {
         (ML-CW), and the exact linear program of MLA-LP. Each runs its own loop and returns the
         driver's result type; what the runtime must know about them (Jacobians, CPU-bound solver
         work, worker pools, batch-dependent rules) is a trait of their spec."""),
+    "sparse": Family("Sparse attacks", """
+        Attacks that change few pixels (an L0 budget) rather than many by a little: a saliency map
+        from the l x d Jacobian ranks the input features by how much raising them moves the
+        prediction towards y*, and the most salient are changed, a share per iteration."""),
     "blackbox": Family("Black-box attacks", """
         Attacks that see only the model's outputs: no gradient, no backward pass (they run on a model
         whose backward raises). Their cost is the model forwards they run per sample, which the store
