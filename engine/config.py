@@ -285,8 +285,10 @@ class RunConfig(ProtocolConfig):
 
     attack: str = param(doc="a registered attack (an unknown name lists them)")
     preset: str = param("paper", doc="the attack's preset: paper (the study's text), released (its code), ...")
-    target: str = param("show-many", doc="attack type: what y* is (an unknown name lists them)")
-    target_label: Any = param(None, doc="label (index or name) for the targets that need one (reduction, augmentation)")
+    target: str | None = param(None, doc="attack type: what y* is and what success means (default: the attack's "
+                                         "own; an unknown name lists them)")
+    target_label: Any = param(None, doc="label (index or name) for the targets that need one (reduction, "
+                                        "augmentation); topk-targeted: its k labels, joined by commas")
     params: dict[str, Any] = param(default_factory=dict, doc="the attack's parameters on top of the preset")
 
 

@@ -55,7 +55,10 @@ def check_label_count_within_bound(name, family, trained, batch):
     assert torch.equal(x, x_before), "the input tensor must be left untouched"
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     clean = y.sum(1)
-    if family == "mlgcn":
+    if spec.default_target != "show-many":
+        # An attack made for another target (top-k, ranking) is held to that target's own criterion.
+        assert res.success.float().mean() >= (0.5 if family == "mlgcn" else 0.1), (name, family, res.success)
+    elif family == "mlgcn":
         assert res.label_count_final.float().mean() > clean.mean(), (name, res.label_count_final, clean)
     else:
         # The tiny ML-LIW is far more robust (as in the study); a few short steps need not add a label

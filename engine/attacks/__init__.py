@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attacks import gradient, losses, mlaede, mlalp, mlcw, mldp, mljsma, precision, targets  # noqa: F401 - importing registers them
+from engine.attacks import gradient, losses, mlaede, mlalp, mlcw, mldp, mljsma, precision, targets, topk  # noqa: F401 - importing registers them
 from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
 from engine.errors import UserError
@@ -36,11 +36,14 @@ def attack_mode(model: nn.Module):
 
 
 def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str = "paper",
-        target: str = "show-many", seed: int = 0, *, sample_ids: Sequence[int] | None = None,
+        target: str | None = None, seed: int = 0, *, sample_ids: Sequence[int] | None = None,
         early_exit: bool = False, exit_every: int = 4, target_label: int | str | None = None,
         config: AttackConfig | None = None, ctx: dict[str, Any] | None = None, compile: bool = False,
         **params: Any) -> AttackResult:
     """Attack a batch of images [B,3,H,W] in [0,1] (left untouched) towards the target's y*.
+
+    ``target`` None: the attack's own (``AttackSpec.default_target``). Targets that need ``k`` (and
+    topk-targeted's ``difficulty``) take them from the attack's config.
 
     ``params`` override the preset's values (unknown names are an error listing the valid ones).
     ``sample_ids`` (default 0..B-1) seed per-sample randomness, so a sample's result does not depend
@@ -58,12 +61,20 @@ def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str
     if len(ids) != images.shape[0]:
         raise UserError(f"sample_ids has {len(ids)} entries for {images.shape[0]} images")
     x0 = images.detach()
+    target = spec.default_target if target is None else target
+    targets.get(target)
+    k = getattr(cfg, "k", None)
 
-    def target_of(clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return targets.build(target, clean_logits >= 0, ids, seed, target_label=target_label,
-                             label_names=getattr(model, "label_names", None))
+    with targets.judged() as judge, attack_mode(model), precision.applied(model, cfg.precision, x0.device) as net:
 
-    with attack_mode(model), precision.applied(model, cfg.precision, x0.device) as net:
+        def target_of(clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            clean = clean_logits >= 0
+            built = targets.build(target, clean, ids, seed, target_label=target_label,
+                                  label_names=getattr(model, "label_names", None), scores=clean_logits, k=k,
+                                  difficulty=getattr(cfg, "difficulty", "best"))
+            judge[0] = targets.criterion(target, clean, k)
+            return built
+
         if spec.kind == "iterative":
             # The driver takes the clean prediction from its first gradient pass where it can.
             loss_fn = losses.get(cfg.loss, cfg.prob_clamp)

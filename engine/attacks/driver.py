@@ -94,7 +94,7 @@ def finalize(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, y_star: to
     finite = torch.isfinite(logits).all(1)
     pred = (logits >= 0) & finite[:, None]
     counts = pred.sum(1)
-    ok = targets.success(pred, y_star) & finite
+    ok = targets.reached(logits, y_star, finite) & finite
     reasons = []
     bad = (bad_iter >= 0) | ~finite
     # Two host copies instead of tensor reads per sample: those add up against a one-step attack.
@@ -238,7 +238,7 @@ def run_iterative(model: nn.Module, x0: torch.Tensor, y_star: torch.Tensor | Non
         bada = torch.where(bad_now & (bada < 0), it, bada)
         pred = (logits >= 0) & (bada < 0)[:, None]
         besta = torch.maximum(besta, pred.sum(1))
-        hit_now = targets.success(pred, ya)
+        hit_now = targets.reached(logits, ya, bada < 0, active)
         hita = hita | hit_now
         if early_exit and it % exit_every == 0:
             # Retire on the current iterate (the one kept as x_adv), not on an earlier hit that a

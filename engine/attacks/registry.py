@@ -80,6 +80,19 @@ FAMILIES: dict[str, Family] = {
         (ML-CW), and the exact linear program of MLA-LP. Each runs its own loop and returns the
         driver's result type; what the runtime must know about them (Jacobians, CPU-bound solver
         work, worker pools, batch-dependent rules) is a trait of their spec."""),
+    "top-k": Family("Top-k attacks", """
+        Attacks on the k highest scores instead of the 0.5 threshold: TkML-AP (Hu et al. 2021) pushes
+        the true labels out of the top k (untargeted) or puts k chosen labels there (targeted), and
+        kFool, the top-k DeepFool baseline of the same paper. Their targets (topk-untargeted,
+        topk-targeted) judge success on the ranking; the store's y_star holds the label set. They
+        follow the authors' code: the perturbation lives inside a tanh in the [-1, 1] box, an L2
+        projection bounds TkML-AP, and every sample stops at its own success."""),
+    "ranking": Family("Ranking attacks", """
+        Song et al.'s (2018) attacks on the label ranking rather than the thresholded prediction: Rank I
+        puts the target labels above all others, Rank II also pushes the dropped labels below the
+        never-shown ones. Both are Carlini and Wagner-style penalty methods (Adam on a tanh-space
+        variable, a binary search on the penalty constant) as in the study's released code; their
+        targets (rank-i, rank-ii) judge success on the ranking."""),
     "sparse": Family("Sparse attacks", """
         Attacks that change few pixels (an L0 budget) rather than many by a little: a saliency map
         from the l x d Jacobian ranks the input features by how much raising them moves the

@@ -89,6 +89,10 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     The one place a run group comes into being, for ``sml attack`` and for sweeps alike.
     """
     n_req = rs.samples(p.family, p.dataset.name)
+    # What only the model can tell (k against its label count, a named label set) fails before the
+    # group exists.
+    attacks.targets.check(rs.target, p.dataset.num_labels, k=getattr(rs.config, "k", None),
+                          target_label=rs.target_label, label_names=p.dataset.label_names)
     _check_chunks_fit_code_batch(p, rs)
     picked = pick_samples(p, rs, n_req)
     scored = scoring_attrs(p, rs)
@@ -200,7 +204,7 @@ def attack_samples(p: Plan, rs: RunSpec, index: np.ndarray, *, device: str, ctx:
 
 
 def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Path, *, preset: str = "paper",
-                      target: str = "show-many", target_label: Any = None, params: dict | None = None,
+                      target: str | None = None, target_label: Any = None, params: dict | None = None,
                       n: int | None = None, seed: int = 0, order: str | None = None,
                       rounding: str | None = None, dataset: str | None = None,
                       root: str | Path | None = None, split: str | None = None, chunk_size: int = 100,

@@ -39,11 +39,14 @@ class RunSpec(RunConfig):
             base = preset_values(spec, self.preset)
         with keyed("params"):
             cfg = spec.config.from_dict({**base, **(self.params or {})}, where=f"attack {spec.name}")
-        if self.target not in attacks.targets.names():
-            raise UserError(f"unknown target {self.target!r}; valid: {', '.join(attacks.targets.names())}",
-                            key="target")
-        if self.target in attacks.targets.NEEDS_LABEL and self.target_label is None:
+        # No target: the attack's own, resolved here so that the run key and the record name it
+        # (the study's attacks default to show-many, so their keys are what they always were).
+        object.__setattr__(self, "target", spec.default_target if self.target is None else self.target)
+        target = attacks.targets.get(self.target)
+        if target.needs_label and self.target_label is None:
             raise UserError(f"target {self.target} needs target_label = a label index or name", key="target_label")
+        if target.needs_k and getattr(cfg, "k", None) is None:
+            raise UserError(f"target {self.target} needs the attack's parameter k; {spec.name} has none", key="target")
         rules = protocol.rules(self.preset)
         # Resolved here, so that the stored spec, the fingerprint and the report name the rule used.
         object.__setattr__(self, "order", rules.order if self.order is None else self.order)
