@@ -12,8 +12,9 @@ import zarr
 from torch import nn
 
 import cli.main
-from engine import attacks, models, results
-from engine.attacks import mlaede, mljsma
+from engine import attacks, data, models, protocol, results
+from engine.attacks import mlaede, mljsma, universal
+from engine.errors import UserError
 
 # ------------------------------------------------------------------ a small model with a known form
 
@@ -246,3 +247,120 @@ def test_mljsma_saliency_and_choice():
     assert S.tolist() == [[1.0, 0.0, -0.5, 4.0]]
     assert mljsma.chosen(torch.tensor([[1.0, 0.0, 2.0, 2.0, -1.0]]), 2).tolist() == [[False, False, True, True, False]]
     assert mljsma.chosen(torch.tensor([[1.0, 0.0, 0.0, -1.0]]), 3).tolist() == [[True, False, False, False]]
+
+
+# ------------------------------------------------------------------------ universal perturbations
+def topk_fooled(z, gt, k):
+    """The authors' topk_acc_metric for one sample: none of the true labels among the k highest."""
+    top = set(np.argsort(z)[-k:][::-1].tolist())
+    return top.isdisjoint(set(np.nonzero(gt)[0].tolist()))
+
+
+def untargeted_loss_port(z, gt, k):
+    """attack.py's loss of ``l2_topk_non_targeted_attack`` for one sample."""
+    real = torch.max(gt * z - (1 - gt) * 10000)
+    t = real - z
+    lam = torch.topk(t, z.shape[1] - k)[0][:, -1]
+    return (lam + (1 / (z.shape[1] - k)) * torch.clamp(t - lam, min=0).sum()).sum()
+
+
+def uap_port(model, u, gt, k, eps, xi, max_iter, maxiter, lr):
+    """attack.py ``UAP`` with its unprojected inner ``l2_topk_non_targeted_attack`` (SGD, stop at the
+    first successful iterate), in coordinates u = atanh(s (2x - 1)); the model sees
+    (tanh(u + delta + w) / s + 1) / 2. Returns (delta, fooling rate, passes)."""
+    s = 1 - 1e-6
+    see = lambda v: model(((torch.tanh(v) / s + 1) / 2).clamp(0, 1))  # noqa: E731
+    delta = torch.zeros_like(u[0])
+    rate, itr = 0.0, 0
+    while rate < xi and itr < max_iter:
+        for i in range(len(u)):
+            g_t = torch.from_numpy(gt[i : i + 1]).float()
+            if topk_fooled(see(u[i : i + 1] + delta).detach().numpy()[0], gt[i], k):
+                continue
+            modifier = torch.zeros_like(u[i : i + 1], requires_grad=True)
+            opt = torch.optim.SGD([modifier], lr=lr)
+            success = False
+            for _ in range(maxiter):
+                opt.zero_grad()
+                out = see(modifier + u[i : i + 1] + delta)
+                found = modifier.detach().clone()
+                untargeted_loss_port(out, g_t, k).backward()
+                opt.step()
+                if topk_fooled(out.detach().numpy()[0], gt[i], k):
+                    success = True
+                    break
+            if success:
+                delta = delta + found[0]
+                n = torch.sqrt(torch.clamp((delta**2).sum(), min=1e-12))
+                delta = delta * torch.clamp(eps / n, max=1.0)
+        itr += 1
+        with torch.no_grad():
+            rate = np.mean([topk_fooled(see(u[i : i + 1] + delta).numpy()[0], gt[i], k) for i in range(len(u))])
+    return delta, rate, itr
+
+
+def test_tkmlapuv_fit_equals_the_reference_port():
+    model, x = Linear(labels=6, bias=-0.5, scale=0.3), images(8, seed=2)
+    gt = (model(x) >= 0).detach().numpy().astype(np.float32)
+    ok = (gt.sum(1) >= 1) & (gt.sum(1) <= 2)
+    x, gt = x[ok], gt[ok]
+    kw = dict(k=2, eps=3.0, xi=0.99, max_passes=3, iterations=25, lr=0.5)
+    delta, info = attacks.fit_universal(model, x, "tkmlapuv", **kw)
+    want, rate, passes = uap_port(model, universal.to_space(x, "tanh"), gt, 2, 3.0, 0.99, 3, 25, 0.5)
+    torch.testing.assert_close(delta, want, atol=1e-5, rtol=1e-5)
+    assert info["passes"] == passes and info["fooling_rate_fit"] == pytest.approx(rate)
+    assert 0 < float(delta.norm()) <= 3.0 + 1e-5
+
+
+def test_apply_universal_spaces():
+    x = images(2)
+    d = torch.zeros(3, 4, 4)
+    torch.testing.assert_close(attacks.apply_universal(x, d, {"delta_space": "tanh"}), x, atol=2e-6, rtol=0)
+    assert torch.equal(attacks.apply_universal(x, d + 2, {"delta_space": "pixel"}), torch.ones_like(x))
+    far = attacks.apply_universal(x, d + 50, {"delta_space": "tanh"})
+    assert far.max() <= 1 and far.min() >= 0.99  # tanh space saturates inside [0, 1]
+    with pytest.raises(UserError, match="delta_space"):
+        attacks.apply_universal(x, d, {"delta_space": "box"})
+
+
+@pytest.mark.parametrize("name", ["kuap", "tkmlapuv"])
+def test_universal_run_stores_its_delta_and_reapplying_it_gives_the_stored_counts(name, trained, demo_root,
+                                                                                   tmp_path, capsys):
+    store = tmp_path / "u.zarr"
+    quick = attacks.get(name).quick
+    params = [a for key, v in quick.items() for a in ("--param", f"{key}={v}")]
+    argv = ("attack", "--checkpoint", trained["mlgcn"], "--attack", name, "--n", 12, "--chunk-size", 5,
+            "--out", store, "--no-progress", "--param", "k=1", *params)
+    rc, err = sml(capsys, *argv)
+    assert rc == 0, err
+    group = zarr.open_group(str(store), mode="r")["mlgcn/demo"]
+    (key,) = [k for k in group.group_keys() if k.startswith(name)]
+    run = group[key]
+    info = dict(run.attrs["universal"])
+    delta = np.asarray(run["universal_delta"][:])
+    assert delta.dtype == np.float32 and delta.shape == (3, 20, 20) and np.isfinite(delta).all()
+    assert info["fit"] == [0, 8] and info["score"] == [8, 20] and info["delta_space"] == "tanh"
+    assert 0 <= info["fooling_rate"] <= 1 and info["passes"] >= 1
+    idx = results.read(run, "sample_index")
+    cand = np.asarray(group["candidates"][:])
+    both = protocol.select(cand, 20, 0, run.attrs["order"])  # the run's candidate order: fit, then scored
+    assert list(idx) == list(both[8:]) and info["fit_index"] == list(both[:8])
+    model = models.load(trained["mlgcn"])
+    ds = data.load("demo", root=demo_root, size=20)
+    x, _ = data.stack(ds, [int(i) for i in idx])
+    with torch.no_grad():
+        z = model(attacks.apply_universal(x, delta, info))
+    assert (z >= 0).sum(1).numpy().tolist() == results.read(run, "label_count_final").tolist()
+    fooled = ~torch.from_numpy(results.read(run, "labels_true")).gather(1, z.topk(1, dim=1).indices).any(1)
+    assert fooled.numpy().tolist() == results.read(run, "success").tolist()
+    # Resumed or rerun, the run reads its delta back instead of fitting again.
+    rc, err = sml(capsys, *argv)
+    assert rc == 0, err
+    assert np.array_equal(np.asarray(zarr.open_group(str(store), mode="r")[run.path]["universal_delta"][:]), delta)
+
+
+def test_universal_fit_and_score_beyond_the_candidates_is_one_line(trained, tmp_path, capsys):
+    rc, err = sml(capsys, "attack", "--checkpoint", trained["mlgcn"], "--attack", "kuap", "--n", 100000,
+                  "--out", tmp_path / "u.zarr", "--no-progress", "--param", "fit_n=8")
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "fit_n 8 + n 100000" in err and "candidates" in err

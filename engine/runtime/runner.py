@@ -26,7 +26,7 @@ from engine.config import COMPILE_MODES
 from engine.device import check_device
 from engine.errors import UserError
 from engine.results import attrs
-from engine.runtime import batching, provenance
+from engine.runtime import batching, fitting, provenance
 from engine.runtime.planning import Plan, plan
 from engine.runtime.runspec import RunSpec
 
@@ -94,7 +94,8 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     attacks.targets.check(rs.target, p.dataset.num_labels, k=getattr(rs.config, "k", None),
                           target_label=rs.target_label, label_names=p.dataset.label_names)
     _check_chunks_fit_code_batch(p, rs)
-    picked = pick_samples(p, rs, n_req)
+    # A universal attack fits on the candidates before its N scored samples (engine.runtime.fitting).
+    fit_index, picked = fitting.split(p, rs, n_req) if rs.spec.universal else (None, pick_samples(p, rs, n_req))
     scored = scoring_attrs(p, rs)
     image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv else None
     made_from = {"checkpoint_digest": p.digest, "target_label": rs.target_label, "order": rs.order,
@@ -113,6 +114,8 @@ def open_run(p: Plan, root_group, rs: RunSpec):
                               made_by="engine.runtime.runner.open_run"),
         sample_index=picked, labels_true=p.dataset.labels[picked].astype(bool),
         fingerprint=attrs.fingerprint(rs.spec, rs.config, target=rs.target, seed=rs.seed, **made_from))
+    if fit_index is not None:
+        fitting.add_delta(run, tuple(p.dataset.image(int(picked[0])).shape), rs, fit_index)
     # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
     if any(run.attrs.get(k) != v for k, v in scored.items()):
         run.attrs.update(scored)
@@ -166,6 +169,9 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
     """Attack the samples of chunk ``chunk`` of ``run`` as ``rs`` says and write them (rows, then the
     done flag): the unit of work of ``sml attack`` and of every sweep worker."""
     started = provenance.now()
+    if rs.spec.universal:  # every shard applies the run's one delta, fitted by the first
+        delta, passes = fitting.delta_for(p, run, rs, device)
+        ctx = dict(ctx or {}, universal_delta=delta, universal_passes=passes)
     c = int(run.attrs["chunk_size"])
     index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
     rows, reasons, deltas = attack_samples(p, rs, index, device=device, ctx=ctx, progress=progress, compile=compile,
