@@ -264,33 +264,73 @@ def untargeted_loss_port(z, gt, k):
     return (lam + (1 / (z.shape[1] - k)) * torch.clamp(t - lam, min=0).sum()).sum()
 
 
-def uap_port(model, u, gt, k, eps, xi, max_iter, maxiter, lr):
-    """attack.py ``UAP`` with its unprojected inner ``l2_topk_non_targeted_attack`` (SGD, stop at the
-    first successful iterate), in coordinates u = atanh(s (2x - 1)); the model sees
-    (tanh(u + delta + w) / s + 1) / 2. Returns (delta, fooling rate, passes)."""
-    s = 1 - 1e-6
-    see = lambda v: model(((torch.tanh(v) / s + 1) / 2).clamp(0, 1))  # noqa: E731
+S = 1 - 1e-6  # the authors' arctanh(x * 0.999999)
+
+
+def seen_by(model):
+    """The model on coordinates v: it sees (tanh(v) / s + 1) / 2."""
+    return lambda v: model(((torch.tanh(v) / S + 1) / 2).clamp(0, 1))
+
+
+def tkmlapu_inner_port(model, start, gt, k, maxiter, lr):
+    """attack.py ``l2_topk_non_targeted_attack`` as ``UAP`` calls it (Projection_flag off): SGD on the
+    modifier, stopping at the first iterate whose top k holds no true label. (modifier, success)."""
+    see, g_t = seen_by(model), torch.from_numpy(gt[None]).float()
+    modifier = torch.zeros_like(start, requires_grad=True)
+    opt = torch.optim.SGD([modifier], lr=lr)
+    for _ in range(maxiter):
+        opt.zero_grad()
+        out = see(modifier + start)
+        found = modifier.detach().clone()
+        untargeted_loss_port(out, g_t, k).backward()
+        opt.step()
+        if topk_fooled(out.detach().numpy()[0], gt, k):
+            return found, True
+    return None, False
+
+
+def kfool_inner_port(model, start, gt, k, maxiter, lr=None):
+    """baseline_attacks.py ``kfool``: DeepFool steps on the k + 1 highest scores against the true
+    label of highest score, differentiated at the box image, added inside the tanh. (r_tot, success)."""
+    see_box = lambda v: (((torch.tanh(v) / S + 1) / 2).clamp(0, 1) * 2 - 1)  # noqa: E731
+    img = see_box(start).detach().requires_grad_(True)
+    F = model((img + 1) / 2)
+    t = torch.from_numpy(gt[None]).float()
+    max_label = int(torch.argmax(t * F - (1 - t) * 10000))
+    r_tot = torch.zeros_like(start)
+    loop_i = 0
+    while not topk_fooled(F.detach().numpy()[0], gt, k) and loop_i < maxiter:
+        top = F[0].topk(k + 1)
+        g_max = torch.autograd.grad(F[0, max_label], img, retain_graph=True)[0]
+        w, f = torch.zeros_like(img), 0.0
+        for j in range(k + 1):
+            g_j = torch.autograd.grad(top.values[j], img, retain_graph=True)[0]
+            if not torch.equal(g_j, g_max) and int(top.indices[j]) != max_label:
+                inv = 1 / torch.norm(g_j - g_max)
+                w = w + (g_j - g_max) * inv
+                f = f + (F[0, top.indices[j]] - F[0, max_label]).detach() * inv
+        r_tot = r_tot + abs(f) * w / torch.norm(w)
+        img = see_box(start + r_tot).detach().requires_grad_(True)
+        F = model((img + 1) / 2)
+        loop_i += 1
+    return r_tot, topk_fooled(F.detach().numpy()[0], gt, k)
+
+
+def uap_port(model, u, gt, k, eps, xi, max_iter, inner, at_clean=False, **inner_kw):
+    """attack.py ``UAP`` / baseline_attacks.py ``kUAP`` in coordinates u = atanh(s (2x - 1)): passes
+    over the fit set until its fooling rate reaches xi; ``at_clean``: kUAP's code attacks the clean
+    sample. Returns (delta, fooling rate, passes)."""
+    see = seen_by(model)
     delta = torch.zeros_like(u[0])
     rate, itr = 0.0, 0
     while rate < xi and itr < max_iter:
         for i in range(len(u)):
-            g_t = torch.from_numpy(gt[i : i + 1]).float()
             if topk_fooled(see(u[i : i + 1] + delta).detach().numpy()[0], gt[i], k):
                 continue
-            modifier = torch.zeros_like(u[i : i + 1], requires_grad=True)
-            opt = torch.optim.SGD([modifier], lr=lr)
-            success = False
-            for _ in range(maxiter):
-                opt.zero_grad()
-                out = see(modifier + u[i : i + 1] + delta)
-                found = modifier.detach().clone()
-                untargeted_loss_port(out, g_t, k).backward()
-                opt.step()
-                if topk_fooled(out.detach().numpy()[0], gt[i], k):
-                    success = True
-                    break
+            start = u[i : i + 1] if at_clean else u[i : i + 1] + delta
+            modifier, success = inner(model, start, gt[i], k, **inner_kw)
             if success:
-                delta = delta + found[0]
+                delta = delta + modifier[0]
                 n = torch.sqrt(torch.clamp((delta**2).sum(), min=1e-12))
                 delta = delta * torch.clamp(eps / n, max=1.0)
         itr += 1
@@ -306,10 +346,25 @@ def test_tkmlapuv_fit_equals_the_reference_port():
     x, gt = x[ok], gt[ok]
     kw = dict(k=2, eps=3.0, xi=0.99, max_passes=3, iterations=25, lr=0.5)
     delta, info = attacks.fit_universal(model, x, "tkmlapuv", **kw)
-    want, rate, passes = uap_port(model, universal.to_space(x, "tanh"), gt, 2, 3.0, 0.99, 3, 25, 0.5)
+    want, rate, passes = uap_port(model, universal.to_space(x, "tanh"), gt, 2, 3.0, 0.99, 3, tkmlapu_inner_port,
+                                  maxiter=25, lr=0.5)
     torch.testing.assert_close(delta, want, atol=1e-5, rtol=1e-5)
     assert info["passes"] == passes and info["fooling_rate_fit"] == pytest.approx(rate)
     assert 0 < float(delta.norm()) <= 3.0 + 1e-5
+
+
+@pytest.mark.parametrize("preset", ["paper", "released"])
+def test_kuap_fit_equals_the_reference_port(preset):
+    model, x = Linear(labels=6, bias=-0.5, scale=0.3), images(8, seed=2)
+    gt = (model(x) >= 0).detach().numpy().astype(np.float32)
+    ok = (gt.sum(1) >= 1) & (gt.sum(1) <= 2)
+    x, gt = x[ok], gt[ok]
+    delta, info = attacks.fit_universal(model, x, "kuap", preset, k=2, eps=2.0, xi=0.99, max_passes=3, iterations=10)
+    want, rate, passes = uap_port(model, universal.to_space(x, "tanh"), gt, 2, 2.0, 0.99, 3, kfool_inner_port,
+                                  at_clean=preset == "released", maxiter=10)
+    torch.testing.assert_close(delta, want, atol=1e-5, rtol=1e-5)
+    assert info["passes"] == passes and info["fooling_rate_fit"] == pytest.approx(rate)
+    assert float(delta.norm()) > 0
 
 
 def test_apply_universal_spaces():
