@@ -52,12 +52,21 @@ def check_label_count_within_bound(name, family, trained, batch):
     # zeroes those labels' gradients (see engine.attacks.losses); the unclamped loss sees them all.
     kw = dict(spec.quick, prob_clamp=0.0) if family == "mlliw" else spec.quick
     res = attacks.run(model, x, name, seed=0, sample_ids=idx, **kw)
+    res_cfg = attacks.make_config(name, "paper", **kw)
+    with torch.no_grad():
+        clean_pred = model(x) >= 0
     assert torch.equal(x, x_before), "the input tensor must be left untouched"
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     clean = y.sum(1)
     if spec.default_target != "show-many":
-        # An attack made for another target (top-k, ranking) is held to that target's own criterion.
-        assert res.success.float().mean() >= (0.5 if family == "mlgcn" else 0.1), (name, family, res.success)
+        # An attack made for another target (top-k, ranking) moves towards that target: its margin
+        # (positive once reached) grows on average over the samples it applies to.
+        crit = targets.criterion(spec.default_target, clean_pred, getattr(res_cfg, "k", None))
+        with torch.no_grad():
+            before, after = crit.margin(model(x), res.y_star), crit.margin(model(res.x_adv), res.y_star)
+        el = res.eligible
+        assert el.any() and after[el].mean() > before[el].mean(), (name, family, before[el], after[el])
+        assert not (res.success & ~(after > 0)).any()
     elif family == "mlgcn":
         assert res.label_count_final.float().mean() > clean.mean(), (name, res.label_count_final, clean)
     else:

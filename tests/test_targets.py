@@ -11,6 +11,7 @@ from engine import attacks
 from engine.attacks import targets
 from engine.errors import UserError
 
+LABELS = 6
 SCORES = torch.tensor([[3.0, 2.0, -1.0, 0.5, -3.0, -0.2],
                        [-1.0, -2.0, 4.0, -0.5, -3.0, 1.0],
                        [1.0, 2.0, 3.0, 4.0, 5.0, -6.0]])
@@ -75,6 +76,19 @@ def test_success_criteria_on_known_scores():
     nan = torch.tensor([[0.1, 0.2, -5, -5, -5, float("nan")]])
     c = targets.criterion("topk-targeted", nan >= 0, 2)
     assert c.reached(nan, y_star, torch.tensor([False])).tolist() == [False]
+
+
+@pytest.mark.parametrize("name, k", [("topk-untargeted", 2), ("topk-targeted", 2), ("rank-i", None),
+                                     ("rank-ii", None)])
+def test_margin_is_positive_exactly_where_the_target_is_reached(name, k):
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(400, LABELS, generator=g) * 2
+    clean = torch.randn(400, LABELS, generator=g) >= 0
+    y_star, ok = targets.build(name, clean, range(400), 0, scores=torch.randn(400, LABELS, generator=g), k=k)
+    c = targets.criterion(name, clean, k)
+    hit = c.reached(logits, y_star, torch.ones(400, dtype=torch.bool))
+    assert torch.equal(hit[ok], c.margin(logits, y_star)[ok] > 0)
+    assert 0 < hit[ok].sum() < ok.sum()  # both outcomes occur
 
 
 def test_bad_target_input_is_one_line():

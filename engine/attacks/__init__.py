@@ -1,7 +1,7 @@
-"""Attacks: a registry of nine, one driver, targets, and ``run`` for notebooks and the CLI.
+"""Attacks: a registry (the study's nine first), one driver, targets, and ``run`` for notebooks and the CLI.
 
 >>> from engine import attacks
->>> attacks.names()
+>>> attacks.names()[:9]
 ['fgsm', 'fgm', 'bim', 'pgd', 'slide', 'mifgsm', 'mldp', 'mlcw', 'mlalp']
 """
 
@@ -14,7 +14,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attacks import gradient, losses, mlaede, mlalp, mlcw, mldp, mljsma, precision, targets, topk, universal  # noqa: F401 - importing registers them
+# Importing an attack module registers its attacks.
+from engine.attacks import (  # noqa: F401
+    gradient,
+    losses,
+    mlaede,
+    mlalp,
+    mlcw,
+    mldp,
+    mljsma,
+    precision,
+    ranking,
+    targets,
+    topk,
+    universal,
+)
 from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
 from engine.attacks.universal import apply_universal

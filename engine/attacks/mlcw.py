@@ -31,6 +31,7 @@ Norm: L2 (unbounded). Shapes: x [B,3,H,W] in [0,1].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,10 +57,38 @@ class MLCWConfig(AttackConfig):
     repeat_at_upper: bool = param(True, doc="C&W: the last of >= 10 steps runs at the upper bound")
 
 
-def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
-    B, dev = x0.shape[0], x0.device
+@dataclass(frozen=True)
+class Objective:
+    """What the penalty search minimises besides the distance, and how it ranks iterates:
+    ``term(logits) -> [B]`` (weighted by c), ``score(logits) -> [B]`` (the best iterate has the
+    highest; ties go to the smaller distance) and ``hit(logits) -> bool [B]`` (the iterate reached
+    the target: the binary search lowers c)."""
+
+    term: Callable[[torch.Tensor], torch.Tensor]
+    score: Callable[[torch.Tensor], torch.Tensor]
+    hit: Callable[[torch.Tensor], torch.Tensor]
+
+
+def label_hinge(y_star: torch.Tensor) -> Objective:
+    """ML-CW's: the hinge of each label's sigmoid against 0.5 towards y*, scored by labels matched."""
     sign = 2 * y_star - 1
     l = y_star.shape[1]
+
+    def matched(logits):
+        return ((sign * (torch.sigmoid(logits) - 0.5)) >= 0).sum(1)
+
+    return Objective(term=lambda z: torch.clamp(-sign * (torch.sigmoid(z) - 0.5), min=0).sum(1), score=matched,
+                     hit=lambda z: matched(z) == l)
+
+
+def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
+    return search(model, x0, y_star, eligible, cfg, ctx, label_hinge(y_star))
+
+
+def search(model, x0, y_star, eligible, cfg: MLCWConfig, ctx, obj: Objective):
+    """Carlini and Wagner's penalty method with the binary search over c (the module docstring),
+    for the objective ``obj``; the result keeps the best iterate over every step."""
+    B, dev = x0.shape[0], x0.device
     w0 = torch.atanh((x0 * 2 - 1) * 0.999999)
     x_ref = (torch.tanh(w0) + 1) / 2
     lower = torch.zeros(B, dtype=torch.float64, device=dev)
@@ -67,6 +96,7 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
     const = torch.full((B,), cfg.initial_const, dtype=torch.float64, device=dev)
     o_best_l2 = torch.full((B,), 1e10, device=dev)
     o_best_score = torch.full((B,), -1, dtype=torch.long, device=dev)
+    o_best_hit = torch.zeros(B, dtype=torch.bool, device=dev)
     o_best_x = x0.clone()
     best_counts = torch.zeros(B, dtype=torch.long, device=dev)
     bad_iter = torch.full((B,), -1, dtype=torch.long, device=dev)
@@ -94,7 +124,7 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
                 xn = (torch.tanh(mod + w0) + 1) / 2
                 logits = model(xn)
                 l2 = (xn - x_ref).pow(2).flatten(1).sum(1)
-                hinge = torch.clamp(-sign * (torch.sigmoid(logits) - 0.5), min=0).sum(1)
+                hinge = obj.term(logits)
                 loss = l2 + c * hinge
                 opt.zero_grad(set_to_none=True)
                 (loss * running).sum().backward()
@@ -113,27 +143,28 @@ def run(model, x0, y_star, eligible, cfg: MLCWConfig, ctx):
                 bad_iter = torch.where(~finite & running & (bad_iter < 0), bstep * cfg.iterations + it, bad_iter)
                 ok = running & finite
                 iters += ok.long()
-                matched = ((sign * (torch.sigmoid(logits) - 0.5)) >= 0).sum(1)
+                matched, hit = obj.score(logits), obj.hit(logits)
                 best_counts = torch.where(ok, torch.maximum(best_counts, (logits >= 0).sum(1)), best_counts)
                 step_better = ok & ((matched > best_score) | ((matched == best_score) & (l2 < best_l2)))
                 best_score = torch.where(step_better, matched, best_score)
                 best_l2 = torch.where(step_better, l2, best_l2)
-                best_hit = torch.where(step_better, matched == l, best_hit)
+                best_hit = torch.where(step_better, hit, best_hit)
                 o_better = ok & ((matched > o_best_score) | ((matched == o_best_score) & (l2 < o_best_l2)))
                 o_best_score = torch.where(o_better, matched, o_best_score)
                 o_best_l2 = torch.where(o_better, l2, o_best_l2)
+                o_best_hit = torch.where(o_better, hit, o_best_hit)
                 o_best_x = torch.where(o_better.view(-1, 1, 1, 1), xn.detach(), o_best_x)
                 running = running & finite
                 if cfg.abort_early and cfg.abort == "sample" and it % check == 0:
                     running = running & ~(loss > prev * 0.9999)
                     prev = torch.where(running, loss, prev)
-        # Binary search on c from this step's best (success = every label matches y*).
+        # Binary search on c from this step's best (success = the objective's hit).
         success = best_hit & eligible
         upper = torch.where(success, torch.minimum(upper, const), upper)
         lower = torch.where(success, lower, torch.maximum(lower, const))
         known = upper < 1e9
         const = torch.where(known, (lower + upper) / 2, torch.where(success, const, const * 10))
-    return finalize(model, x0, o_best_x, y_star, eligible, best_counts, o_best_score == l, iters, bad_iter)
+    return finalize(model, x0, o_best_x, y_star, eligible, best_counts, o_best_hit, iters, bad_iter)
 
 
 def passes(cfg: MLCWConfig, l: int) -> Passes:

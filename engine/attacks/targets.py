@@ -290,6 +290,24 @@ class Criterion:
         return hit & valid
 
 
+    def margin(self, logits: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
+        """[B]: how far each sample is past its target (positive where the ranking criteria are
+        reached, > 0 only there; for ``exact`` the smallest signed logit towards y*). Tests and
+        reports use it to see progress towards a target that is not reached."""
+        pos = y_star > 0.5
+        inf = torch.tensor(float("inf"), dtype=logits.dtype, device=logits.device)
+        top_neg = torch.where(pos, -inf, logits)
+        if self.kind == "exact":
+            return (torch.where(pos, logits, -logits)).amin(1)
+        if self.kind == "topk-out":
+            return top_neg.topk(int(self.k), dim=1).values[:, -1] - torch.where(pos, logits, -inf).amax(1)
+        m = torch.where(pos, logits, inf).amin(1) - top_neg.amax(1)
+        if self.kind == "rank-ii":
+            dropped, never = self.clean & ~pos, ~self.clean & ~pos
+            m = torch.minimum(m, torch.where(never, logits, inf).amin(1) - torch.where(dropped, logits, -inf).amax(1))
+        return m
+
+
 EXACT = Criterion()
 
 # The criterion of the attack now running (set by engine.attacks.run for its batch): the driver and
