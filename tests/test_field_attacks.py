@@ -419,3 +419,18 @@ def test_universal_fit_and_score_beyond_the_candidates_is_one_line(trained, tmp_
                   "--out", tmp_path / "u.zarr", "--no-progress", "--param", "fit_n=8")
     assert rc == 2 and len(err.splitlines()) == 1
     assert "fit_n 8 + n 100000" in err and "candidates" in err
+
+
+def test_the_field_sweep_holds_every_attack_beyond_the_nine():
+    from pathlib import Path
+
+    from engine.attacks.registry import ORDER
+    from engine.runtime.sweep import sweepfile
+
+    sweep = sweepfile.load_sweep(Path(__file__).parents[1] / "sweeps/field.toml", check_files=False)
+    assert {m.key for m in sweep.models} == {"mlgcn", "mlliw"}
+    assert {r.spec.attack for r in sweep.runs} == set(attacks.names()) - set(ORDER)
+    for name in ("tkmlapu", "tkmlapt", "tkmlapuv"):
+        assert sorted(r.spec.config.k for r in sweep.runs if r.spec.attack == name) == [1, 1, 2, 2, 3, 3]  # x 2 models
+    universal_runs = [r for r in sweep.runs if r.spec.spec.universal]
+    assert universal_runs and all(r.spec.preset == "demo" for r in universal_runs)
