@@ -16,6 +16,10 @@ s = 1 - 1e-6 and maps back: x_adv = (tanh(atanh(s (2x - 1)) + delta) / s + 1) / 
 the clean image and x_adv never leaves [0, 1]; its norm is measured there, not in pixels (the
 authors' eps 100, L2, on 300 px images). ``pixel``: x_adv = clip(x + delta, 0, 1), eps in pixels.
 ``engine.attacks.apply_universal`` applies a stored delta by its run's ``delta_space``.
+
+From Python: ``attacks.fit_universal(model, x_fit, "kuap", "demo", k=2)`` gives (delta, what the fit
+did), and ``attacks.run(..., ctx={"universal_delta": delta})`` scores it; ``attacks.run`` without a
+delta fits on the batch it is given and scores that same batch (``fit_n`` is the runtime's split).
 """
 
 from __future__ import annotations
@@ -179,8 +183,9 @@ def _runner(attack_one):
 
 def _cost(per_iteration_bwd: int):
     def cost(cfg: UniversalConfig, l: int) -> Passes:
-        # Per fit sample and pass at most the per-sample attack's iterations; spread over the N
-        # scored samples. Scoring a sample: the clean forward and one with delta.
+        # Per fit sample and pass at most the per-sample attack's iterations, spread over the
+        # protocol's 1000 scored samples (a run's own N is not known here: fewer scored samples
+        # carry more of the fit each). Scoring a sample: the clean forward and one with delta.
         per_fit = cfg.max_passes * cfg.fit_n / 1000  # per scored sample, N = 1000
         return Passes(grad=per_fit * cfg.iterations, bwd=per_fit * cfg.iterations * per_iteration_bwd,
                       fwd=2 + per_fit)
