@@ -378,6 +378,17 @@ def test_apply_universal_spaces():
         attacks.apply_universal(x, d, {"delta_space": "box"})
 
 
+def check_reapplied(run, model, ds, k):
+    """The run's stored delta, applied by its delta_space, gives its stored label counts and success."""
+    info, delta = dict(run.attrs["universal"]), np.asarray(run["universal_delta"][:])
+    x, _ = data.stack(ds, [int(i) for i in results.read(run, "sample_index")])
+    with torch.no_grad():
+        z = model(attacks.apply_universal(x, delta, info))
+    assert (z >= 0).sum(1).numpy().tolist() == results.read(run, "label_count_final").tolist()
+    fooled = ~torch.from_numpy(results.read(run, "labels_true")).gather(1, z.topk(k, dim=1).indices).any(1)
+    assert fooled.numpy().tolist() == results.read(run, "success").tolist()
+
+
 @pytest.mark.parametrize("name", ["kuap", "tkmlapuv"])
 def test_universal_run_stores_its_delta_and_reapplying_it_gives_the_stored_counts(name, trained, demo_root,
                                                                                    tmp_path, capsys):
@@ -400,14 +411,7 @@ def test_universal_run_stores_its_delta_and_reapplying_it_gives_the_stored_count
     cand = np.asarray(group["candidates"][:])
     both = protocol.select(cand, 20, 0, run.attrs["order"])  # the run's candidate order: fit, then scored
     assert list(idx) == list(both[8:]) and info["fit_index"] == list(both[:8])
-    model = models.load(trained["mlgcn"])
-    ds = data.load("demo", root=demo_root, size=20)
-    x, _ = data.stack(ds, [int(i) for i in idx])
-    with torch.no_grad():
-        z = model(attacks.apply_universal(x, delta, info))
-    assert (z >= 0).sum(1).numpy().tolist() == results.read(run, "label_count_final").tolist()
-    fooled = ~torch.from_numpy(results.read(run, "labels_true")).gather(1, z.topk(1, dim=1).indices).any(1)
-    assert fooled.numpy().tolist() == results.read(run, "success").tolist()
+    check_reapplied(run, models.load(trained["mlgcn"]), data.load("demo", root=demo_root, size=20), k=1)
     # Resumed or rerun, the run reads its delta back instead of fitting again.
     rc, err = sml(capsys, *argv)
     assert rc == 0, err
@@ -434,3 +438,26 @@ def test_the_field_sweep_holds_every_attack_beyond_the_nine():
         assert sorted(r.spec.config.k for r in sweep.runs if r.spec.attack == name) == [1, 1, 2, 2, 3, 3]  # x 2 models
     universal_runs = [r for r in sweep.runs if r.spec.spec.universal]
     assert universal_runs and all(r.spec.preset == "demo" for r in universal_runs)
+
+
+def test_a_sweep_fits_each_universal_run_once_and_every_shard_applies_it(trained, demo_root, tmp_path):
+    from engine.runtime.sweep import run_sweep
+
+    quick = ", ".join(f"{key} = {v}" for key, v in attacks.get("kuap").quick.items())
+    sweep = tmp_path / "u.toml"
+    sweep.write_text(f'[sweep]\nname = "u"\n\n[protocol]\nn = 9\nchunk_size = 3\n\n[[model]]\n'
+                     f'checkpoint = "{trained["mlgcn"]}"\nkey = "mlgcn"\n\n[[attack]]\nname = "kuap"\n'
+                     f'params = {{ k = [1, 2], {quick} }}\n')
+    out = tmp_path / "u.zarr"
+    res = run_sweep(sweep, out, local=True, progress=False)
+    assert res["shards_done"] == res["shards_total"] == 6
+    group = zarr.open_group(str(out), mode="r")["mlgcn/demo"]
+    model, ds = models.load(trained["mlgcn"]), data.load("demo", root=demo_root, size=20)
+    deltas = []
+    for key in group.group_keys():
+        if key.startswith("kuap"):
+            run = group[key]
+            assert dict(run.attrs["universal"])["score"] == [8, 17]
+            check_reapplied(run, model, ds, k=int(dict(run.attrs["params"])["k"]))
+            deltas.append(np.asarray(run["universal_delta"][:]))
+    assert len(deltas) == 2 and not np.array_equal(*deltas)  # one delta per run

@@ -4,10 +4,11 @@ The run's candidate list (the protocol's order) is split: positions 0 .. fit_n -
 perturbation, the next N (the run's ``n``) are its scored samples, its rows. The fit happens once,
 before the first shard is attacked, and is kept with the run: ``universal_delta`` [channel, height,
 width] float32 and the ``universal`` attribute (the fit and score ranges, the fit set's sample
-indices, the fooling rate the fit reached, its passes, ``delta_space``). Every shard then applies
-that delta (``engine.attacks.apply_universal``); a resumed run, or a shard on another worker, reads
-it back instead of fitting again. Two workers that race to fit the same run compute the same delta
-(the fit is deterministic) and write the same bytes.
+indices, the fooling rate the fit reached, its passes, ``delta_space``). The fit runs where the run
+is opened (``engine.runtime.runner.open_run``: ``sml attack``, or the actor that plans a sweep's
+model), once; every shard then reads that delta back and applies it
+(``engine.attacks.apply_universal``), so that shards on other workers, with other thread counts and
+float rounding, and a resumed run all score the same delta.
 """
 
 from __future__ import annotations

@@ -115,7 +115,10 @@ def open_run(p: Plan, root_group, rs: RunSpec):
         sample_index=picked, labels_true=p.dataset.labels[picked].astype(bool),
         fingerprint=attrs.fingerprint(rs.spec, rs.config, target=rs.target, seed=rs.seed, **made_from))
     if fit_index is not None:
+        # Fitted here, by the one process that opens the run (a sweep's planning actor), so that
+        # every shard, on any worker and thread count, applies the same stored delta.
         fitting.add_delta(run, tuple(p.dataset.image(int(picked[0])).shape), rs, fit_index)
+        fitting.delta_for(p, run, rs, str(next(p.model.parameters(), torch.empty(0)).device))
     # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
     if any(run.attrs.get(k) != v for k, v in scored.items()):
         run.attrs.update(scored)
@@ -169,7 +172,7 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
     """Attack the samples of chunk ``chunk`` of ``run`` as ``rs`` says and write them (rows, then the
     done flag): the unit of work of ``sml attack`` and of every sweep worker."""
     started = provenance.now()
-    if rs.spec.universal:  # every shard applies the run's one delta, fitted by the first
+    if rs.spec.universal:  # every shard applies the run's one delta, fitted when the run was opened
         delta, passes = fitting.delta_for(p, run, rs, device)
         ctx = dict(ctx or {}, universal_delta=delta, universal_passes=passes)
     c = int(run.attrs["chunk_size"])
