@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine import attacks
+import cli.main
+from engine import attacks, models, results
 from engine.attacks import targets
 from engine.errors import UserError
 
@@ -127,3 +128,35 @@ def test_success_is_the_targets_own_criterion_through_the_driver():
     assert res.success.any()  # a linear model is easy to rank
     with pytest.raises(UserError, match="target topk-untargeted needs the attack's parameter k"):
         attacks.run(model, x, "pgd", target="topk-untargeted")
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--attack", "tkmlapu", "--param", "k=8"], "k = 8 is outside 1..7 (a model with 8 labels)"),
+    (["--attack", "tkmlapu", "--param", "k=0"], "k must be in 1..1000, got 0"),
+    (["--attack", "tkmlapt", "--target-label", "1,2"], "names 2 distinct labels for topk-targeted with k = 3"),
+    (["--attack", "tkmlapt", "--param", "difficulty=hard"], "unknown difficulty 'hard'; valid: best, random, worst"),
+    (["--attack", "pgd", "--target", "topk-targeted"], "target topk-targeted needs the attack's parameter k"),
+    (["--attack", "kfool", "--target", "top-3"], "unknown target 'top-3'"),
+])
+def test_bad_target_input_through_the_cli(trained, tmp_path, capsys, argv, expect):
+    out = tmp_path / "x.zarr"
+    rc = cli.main.main(["attack", "--checkpoint", str(trained["mlgcn"]), "--out", str(out), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("sml: error: ") and "\n" not in err and expect in err, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_default_target_of_the_api_and_the_cli(trained, tmp_path, capsys):
+    model = models.load(trained["mlgcn"])
+    x = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    res = attacks.run(model, x, attack="tkmlapu", k=3, iterations=5)
+    with torch.no_grad():
+        assert torch.equal(res.y_star > 0.5, model(x) >= 0)  # topk-untargeted: the shown labels
+    out = tmp_path / "s.zarr"
+    rc = cli.main.main(["attack", "--checkpoint", str(trained["mlgcn"]), "--attack", "tkmlapt", "--param", "k=2",
+                        "--param", "iterations=5", "--n", "4", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "tkmlapt.paper.topk-targeted@iterations=5,k=2" in capsys.readouterr().out
+    (run,) = [r for _, _, _, r in results.iter_runs(results.open_store(out, "r"))]
+    y_star, eligible = results.read(run, "y_star"), results.read(run, "eligible")
+    assert (y_star[eligible].sum(1) == 2).all()  # the store holds the k chosen labels

@@ -42,16 +42,23 @@ def _none_of_gt_in_topk(gt, out, k):  # the code's nontargeted_TP_index, one sam
     return not any(gt[0, j] == 1 for j in np.argsort(out[0])[-k:])
 
 
-def ref_untargeted(f, xb, gt, k, eps, maxiter, lr):
+def _sgd_on_modifier(xb, lr):
     timg = torch.atanh(xb * 0.999999)
     modifier = torch.zeros_like(xb, requires_grad=True)
-    opt = torch.optim.SGD([modifier], lr=lr)
+    return timg, modifier, torch.optim.SGD([modifier], lr=lr)
+
+
+def _projected(modifier, timg, eps):  # the code's image with Projection_flag: (image, eta)
+    eta = _clip_l2(torch.tanh(modifier + timg) - torch.tanh(timg), eps)
+    return torch.tanh(timg) + eta, eta
+
+
+def ref_untargeted(f, xb, gt, k, eps, maxiter, lr):
+    timg, modifier, opt = _sgd_on_modifier(xb, lr)
     img, it_done = None, maxiter
     for it in range(maxiter):
         opt.zero_grad()
-        img = torch.tanh(modifier + timg)
-        eta = _clip_l2(img - torch.tanh(timg), eps)
-        img = torch.tanh(timg) + eta
+        img, _ = _projected(modifier, timg, eps)
         out = f(img)
         real = torch.max(gt * out - (1 - gt) * 10000)
         t = real - out
@@ -66,16 +73,12 @@ def ref_untargeted(f, xb, gt, k, eps, maxiter, lr):
 
 
 def ref_targeted(f, xb, tlab, k, eps, maxiter, lr, tie=0.0):
-    timg = torch.atanh(xb * 0.999999)
-    modifier = torch.zeros_like(xb, requires_grad=True)
-    opt = torch.optim.SGD([modifier], lr=lr)
+    timg, modifier, opt = _sgd_on_modifier(xb, lr)
     best, best_img = 1e10, None
     zeros = (tlab == 1).int().numpy()
     for _ in range(maxiter):
         opt.zero_grad()
-        img = torch.tanh(modifier + timg)
-        eta = _clip_l2(img - torch.tanh(timg), eps)
-        img = torch.tanh(timg) + eta
+        img, eta = _projected(modifier, timg, eps)
         out = f(img)
         lamb, _ = torch.topk(out, k)
         loss = torch.sum(torch.clamp(tlab * (lamb[:, -1] - out), min=0.0))

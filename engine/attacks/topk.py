@@ -150,62 +150,60 @@ def _gradient(fn, w):
     return g, aux
 
 
-def run_untargeted(model, x0, y_star, eligible, cfg: TkmlapUConfig, ctx):
-    r = _Run(model, x0, y_star, eligible, cfg)
-    judge = Criterion("topk-out", k=cfg.k)
-    active = torch.nonzero(eligible).flatten()
-    w = torch.zeros_like(x0[active])
+def _projected_sgd(r: _Run, eligible, cfg: TkmlapUConfig, loss_fn, record):
+    """TkML-AP's loop: SGD on w for the samples still going, eta projected into the L2 ball.
+    ``loss_fn(z, active) -> [b]``; ``record(it, active, eta, z, finite) -> keep`` books the iterate
+    x_b + eta (scored z) and says which samples go on."""
     radius = 2 * cfg.eps  # the box is twice the pixel range
+    active = torch.nonzero(eligible).flatten()
+    w = torch.zeros_like(r.x0[active])
 
     def objective(w_):
-        xin = r.xb[active] + _project_l2(torch.tanh(w_ + r.t0[active]) - torch.tanh(r.t0[active]), radius)
-        z = r.logits(xin)
-        return untargeted_loss(z, y_star[active], cfg.k), (xin.detach(), z.detach())
+        eta = _project_l2(torch.tanh(w_ + r.t0[active]) - torch.tanh(r.t0[active]), radius)
+        z = r.logits(r.xb[active] + eta)
+        return loss_fn(z, active), (eta.detach(), z.detach())
 
     for it in range(cfg.iterations):
         if active.numel() == 0:
             break
-        g, (xin, z) = _gradient(objective, w)
-        finite = r.seen(active, z, it)
-        done = judge.reached(z, y_star[active], finite)
-        r.out[active], r.iters[active], r.hit[active] = xin, it + 1, done
-        keep = ~done & finite
-        # The code stops a sample at success (its result is that iterate) and steps the others.
+        g, (eta, z) = _gradient(objective, w)
+        keep = record(it, active, eta, z, r.seen(active, z, it))
         w = (w - cfg.lr * g)[keep]
         active = active[keep]
+
+
+def run_untargeted(model, x0, y_star, eligible, cfg: TkmlapUConfig, ctx):
+    r = _Run(model, x0, y_star, eligible, cfg)
+    judge = Criterion("topk-out", k=cfg.k)
+
+    def record(it, active, eta, z, finite):
+        done = judge.reached(z, y_star[active], finite)
+        r.out[active], r.iters[active], r.hit[active] = r.xb[active] + eta, it + 1, done
+        # The code stops a sample at success (its result is that iterate) and steps the others.
+        return ~done & finite
+
+    _projected_sgd(r, eligible, cfg, lambda z, active: untargeted_loss(z, y_star[active], cfg.k), record)
     return r.result(judge)
 
 
 def run_targeted(model, x0, y_star, eligible, cfg: TkmlapTConfig, ctx):
     r = _Run(model, x0, y_star, eligible, cfg)
     judge = Criterion("topk-in", k=cfg.k)
-    active = torch.nonzero(eligible).flatten()
-    w = torch.zeros_like(x0[active])
-    radius = 2 * cfg.eps
     best = torch.full((x0.shape[0],), float("inf"), device=x0.device)
 
-    def objective(w_):
-        eta = _project_l2(torch.tanh(w_ + r.t0[active]) - torch.tanh(r.t0[active]), radius)
-        z = r.logits(r.xb[active] + eta)
-        return targeted_loss(z, y_star[active], cfg.k, cfg.tie), (eta.detach(), z.detach())
-
-    for it in range(cfg.iterations):
-        if active.numel() == 0:
-            break
-        g, (eta, z) = _gradient(objective, w)
-        finite = r.seen(active, z, it)
+    def record(it, active, eta, z, finite):
         norm = eta.flatten(1).norm(dim=1)
         # The code keeps the successful iterate of smallest norm and runs every iteration; without
         # a success its result is zeros (unused by its protocol): the last iterate here.
         better = judge.reached(z, y_star[active], finite) & (norm < best[active])
-        last = ~r.hit[active]
-        take = better | last
+        take = better | ~r.hit[active]
         r.out[active] = torch.where(take.view(-1, 1, 1, 1), r.xb[active] + eta, r.out[active])
         best[active] = torch.where(better, norm, best[active])
         r.hit[active] |= better
         r.iters[active] = it + 1
-        w = (w - cfg.lr * g)[finite]
-        active = active[finite]
+        return finite
+
+    _projected_sgd(r, eligible, cfg, lambda z, active: targeted_loss(z, y_star[active], cfg.k, cfg.tie), record)
     return r.result(judge)
 
 

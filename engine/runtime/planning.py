@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ NOT_DATA_OPTIONS = ("source", "allow_missing", "cache")
 def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root: str | Path | None = None,
          split: str | None = None, device: str = "cpu", model_key: str | None = None,
          embedding: str | Path | None = None, label_names: list[str] | None = None, trust_pickle: bool = False,
-         allow_missing: bool = False, verify_data: bool = True, own_model: dict | None = None, **load_kw) -> Plan:
+         allow_missing: bool = False, verify_data: bool = True, own_model: dict | None = None,
+         check: Callable[[ImageListDataset], None] | None = None, **load_kw) -> Plan:
     """Load model and data; find (or reuse from the store) the exactly-right test samples.
 
     ``store`` is the store's root group, or a function that opens it: called once the checkpoint
@@ -67,6 +69,8 @@ def plan(checkpoint: str | Path, store: Any, *, dataset: str | None = None, root
     ds = m.dataset_for(dataset, root, split, allow_missing=allow_missing, **load_kw)
     model = m.model.to(device)
     mkey = model_key or m.key
+    if check is not None:
+        check(ds)  # what only the data's labels can tell fails before the store is opened
     root_group = store() if callable(store) else store
     dkey = dataset_key(ds)
     group = model_group(root_group, mkey, dkey)

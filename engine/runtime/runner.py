@@ -91,8 +91,7 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     n_req = rs.samples(p.family, p.dataset.name)
     # What only the model can tell (k against its label count, a named label set) fails before the
     # group exists.
-    attacks.targets.check(rs.target, p.dataset.num_labels, k=getattr(rs.config, "k", None),
-                          target_label=rs.target_label, label_names=p.dataset.label_names)
+    rs.check_labels(p.dataset.num_labels, p.dataset.label_names)
     _check_chunks_fit_code_batch(p, rs)
     # A universal attack fits on the candidates before its N scored samples (engine.runtime.fitting).
     fit_index, picked = fitting.split(p, rs, n_req) if rs.spec.universal else (None, pick_samples(p, rs, n_req))
@@ -243,7 +242,8 @@ def attack_checkpoint(checkpoint: str | Path | None, attack: str, out: str | Pat
 
         p = plan(checkpoint, open_locked, dataset=dataset, root=root, split=split, device=device,
                  model_key=model_key, embedding=embedding, label_names=label_names, trust_pickle=trust_pickle,
-                 allow_missing=allow_missing, own_model=own_model, **load_kw)
+                 allow_missing=allow_missing, own_model=own_model,
+                 check=lambda ds: rs.check_labels(ds.num_labels, ds.label_names), **load_kw)
         return _attack(p, rs, out, device, workers, progress, compiled)
 
 

@@ -56,6 +56,12 @@ class RunSpec(RunConfig):
         object.__setattr__(self, "n_requested", self.n if self.n is not None else
                            spec.default_samples.get(self.preset, protocol.PROTOCOL_N))
 
+    def check_labels(self, num_labels: int, label_names=None) -> None:
+        """What needs the model's labels: ``k`` of the top-k targets against their count, a named
+        target label or label set (engine.attacks.targets.check)."""
+        attacks.targets.check(self.target, num_labels, k=getattr(self.config, "k", None),
+                              target_label=self.target_label, label_names=label_names)
+
     def samples(self, family: str, dataset: str) -> int:
         """N for this run on a (model family, data set): ``n``, else the attack's preset default,
         else (``released``) the number the code scores there, else 1000."""

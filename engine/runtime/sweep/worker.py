@@ -71,6 +71,9 @@ class SweepWorker:
         try:
             t0 = time.perf_counter()
             p = self._plan(i, verify_data=True)
+            mine = [rs for mi, rs in self.runs if mi == i]
+            for rs in mine:  # every run's check before any of its groups is created
+                rs.check_labels(p.dataset.num_labels, p.dataset.label_names)
             runs = []
             for j, (mi, rs) in enumerate(self.runs):
                 if mi != i:
