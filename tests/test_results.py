@@ -76,7 +76,8 @@ def test_write_run_refuses_a_run_of_another_format(trained, demo_root, tmp_path)
     path = results.write_run(out, res, **kw)
     zarr.open_group(str(out), mode="r+")[path].attrs["store_format"] = 2
     before = _listing(out)
-    with pytest.raises(UserError, match=r"mine/demo/fgsm: written in store format 2; this engine reads format 3"):
+    want = rf"mine/demo/fgsm: written in store format 2; this engine reads format {results.FORMAT}"
+    with pytest.raises(UserError, match=want):
         results.write_run(out, res, **kw)
     assert _listing(out) == before
 

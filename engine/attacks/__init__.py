@@ -15,13 +15,28 @@ import torch
 from torch import nn
 
 # Importing an attack module registers its attacks.
-from engine.attacks import gradient, losses, mlalp, mlcw, mldp, precision, ranking, targets, topk  # noqa: F401
+from engine.attacks import (  # noqa: F401
+    gradient,
+    losses,
+    mlaede,
+    mlalp,
+    mlcw,
+    mldp,
+    mljsma,
+    precision,
+    ranking,
+    targets,
+    topk,
+    universal,
+)
 from engine.attacks.driver import AttackResult, compiled_advance, run_iterative, sample_noise
 from engine.attacks.registry import AttackConfig, AttackSpec, get, make_config, names
+from engine.attacks.universal import apply_universal
 from engine.errors import UserError
 from engine.models import prepare_for_attack
 
-__all__ = ["AttackConfig", "AttackResult", "AttackSpec", "get", "make_config", "names", "run", "targets"]
+__all__ = ["AttackConfig", "AttackResult", "AttackSpec", "apply_universal", "fit_universal", "get", "make_config",
+           "names", "run", "targets"]
 
 
 @contextmanager
@@ -87,3 +102,15 @@ def run(model: nn.Module, images: torch.Tensor, attack: str = "pgd", preset: str
         with torch.no_grad():
             y_star, eligible = target_of(net(x0))
         return spec.run(net, x0, y_star, eligible, cfg, dict(ctx or {}, sample_ids=ids, seed=seed))
+
+
+def fit_universal(model: nn.Module, images: torch.Tensor, attack: str, preset: str = "paper",
+                  target: str | None = None, seed: int = 0, **kw: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit a universal attack's perturbation on ``images`` (its fit set, in order): (delta [3, H, W],
+    what the fit did: fooling rate on the fit set, passes). Keywords as :func:`run`; apply delta
+    with :func:`apply_universal` and ``{"delta_space": config.delta_space}``."""
+    if not get(attack).universal:
+        raise UserError(f"{attack} is not a universal attack")
+    out: dict[str, Any] = {}
+    run(model, images, attack, preset, target, seed, ctx={**kw.pop("ctx", {}), "universal_out": out}, **kw)
+    return out["delta"], out["info"]

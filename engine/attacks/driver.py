@@ -39,6 +39,9 @@ class AttackResult:
     eligible: torch.Tensor  # [B] bool: the target applies to the sample
     failed: torch.Tensor  # [B] bool
     reasons: list[str] = field(default_factory=list)  # "" or why the sample failed
+    # [B] int: model forwards a black-box attack ran for the sample (one per image evaluated); -1
+    # for attacks that do not count them (the gradient and solver attacks: their cost is ``iters``).
+    queries: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x_adv.shape[0]
@@ -62,13 +65,19 @@ def grad_and_logits(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, los
     return grad, logits.detach()
 
 
+def sample_generator(seed: int, sample_id: int) -> torch.Generator:
+    """The CPU generator of one sample's random draws: seeded by (seed, sample id) alone, so that a
+    sample's draws never depend on its batch."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(sample_id))
+
+
 def sample_noise(x0: torch.Tensor, sample_ids: Sequence[int], seed: int) -> Callable[[float, float], torch.Tensor]:
     """U(lo, hi) noise shaped like x0 whose row i depends only on (seed, sample_ids[i])."""
 
     def noise(lo: float, hi: float) -> torch.Tensor:
         rows = []
         for sid in sample_ids:
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(sid))
+            g = sample_generator(seed, sid)
             rows.append(torch.rand(x0.shape[1:], generator=g, dtype=torch.float32))
         return (torch.stack(rows).to(x0.device) * (hi - lo) + lo).to(x0.dtype)
 
@@ -77,8 +86,9 @@ def sample_noise(x0: torch.Tensor, sample_ids: Sequence[int], seed: int) -> Call
 
 def finalize(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, y_star: torch.Tensor, eligible: torch.Tensor,
              best_counts: torch.Tensor, best_success: torch.Tensor, iters: torch.Tensor, bad_iter: torch.Tensor,
-             extra_reasons: Sequence[str] | None = None) -> AttackResult:
-    """Score the final iterate and assemble the result."""
+             extra_reasons: Sequence[str] | None = None, queries: torch.Tensor | None = None) -> AttackResult:
+    """Score the final iterate and assemble the result (``queries``: a black-box attack's count per
+    sample; the scoring forward here is not among them)."""
     with torch.no_grad():
         logits = model(x_adv)
     finite = torch.isfinite(logits).all(1)
@@ -110,6 +120,7 @@ def finalize(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, y_star: to
         eligible=eligible,
         failed=failed,
         reasons=reasons,
+        queries=torch.full((len(x0),), -1, dtype=torch.long, device=x0.device) if queries is None else queries,
     )
 
 

@@ -97,6 +97,21 @@ FAMILIES: dict[str, Family] = {
         never-shown ones. Both are Carlini and Wagner-style penalty methods (Adam on a tanh-space
         variable, a binary search on the penalty constant) as in the study's released code; their
         targets (rank-i, rank-ii) judge success on the ranking."""),
+    "sparse": Family("Sparse attacks", """
+        Attacks that change few pixels (an L0 budget) rather than many by a little: a saliency map
+        from the l x d Jacobian ranks the input features by how much raising them moves the
+        prediction towards y*, and the most salient are changed, a share per iteration."""),
+    "universal": Family("Universal perturbations", """
+        One perturbation for every sample: fitted on a set of samples, one at a time, pass after pass
+        (a per-sample attack from where the perturbation has got to, its step added and the sum
+        projected back into a ball) until enough of the set is fooled; then scored, unchanged, on
+        other samples. A run fits on the ``fit_n`` candidates before its N scored samples and keeps
+        the perturbation with the run (``universal_delta``, with the space it lives in)."""),
+    "blackbox": Family("Black-box attacks", """
+        Attacks that see only the model's outputs: no gradient, no backward pass (they run on a model
+        whose backward raises). Their cost is the model forwards they run per sample, which the store
+        keeps as ``queries``; the populations of every sample of a batch go through the model in one
+        forward, each sample's random draws from its own seeded generator."""),
 }
 
 
@@ -140,6 +155,10 @@ class AttackSpec:
     # amplifies (convolutions round differently for 1 and B images; a pseudo-inverse or Adam makes
     # that visible): it still never depends on its batch-mates or its place in the batch.
     batch_size_exact: bool = True
+    # One perturbation for a set of samples (engine.attacks.universal): the runtime fits it once per
+    # run on the ``fit_n`` candidates before the run's N scored samples, stores it as the run's
+    # ``universal_delta`` and hands it to every batch as ``ctx["universal_delta"]``.
+    universal: bool = False
     # The target the Python API, the CLI and sweep files use when none is given (engine.attacks.targets).
     default_target: str = "show-many"
 

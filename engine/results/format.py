@@ -15,6 +15,7 @@ Layout::
         norms [N,4] float32                L0, L1, L2, Linf of x_adv - x
         iters [N] int32
         success, success_best, eligible, failed [N] int8
+        queries [N] int32                  model forwards of a black-box attack per sample (-1: not counted)
         reason [N] str                     why a sample failed ("" if it did not)
         x_adv_delta [N,3,H,W] float16      optional (--save-adv): x_adv - x
         done [n_chunks] bool               chunk c holds rows c*chunk_size ... (set last)
@@ -51,7 +52,7 @@ from zarr.codecs import ZstdCodec
 
 from engine.errors import UserError
 
-FORMAT = 3  # the run groups' store_format: the only one this engine reads or writes
+FORMAT = 4  # the run groups' store_format: the only one this engine reads or writes
 # Every array of a run: zstd with its frame checksum; all chunks written (see the module docstring).
 CODECS = {"compressors": [ZstdCodec(level=0, checksum=True)], "config": {"write_empty_chunks": True}}
 
@@ -67,6 +68,7 @@ RESULT_FIELDS = {
     "success_best": ("bool", None),
     "eligible": ("bool", None),
     "failed": ("bool", None),
+    "queries": ("int32", None),
 }
 BOOLEAN = {name for name, (dt, _) in RESULT_FIELDS.items() if dt == "bool"} | {"labels_true"}
 
@@ -88,6 +90,8 @@ DESCRIBE = {
     "eligible": ("the sample counts for the run's success rates", None),
     "failed": ("the attack failed on the sample (reason says why)", None),
     "reason": ("why the sample failed; empty if it did not", None),
+    "queries": ("model forwards a black-box attack ran for the sample, one per image evaluated "
+                "(-1: an attack that does not count them)", "forwards"),
     "x_adv_delta": ("x_adv - x, float16", "pixel intensity in [0, 1]"),
     "done": ("chunk c holds rows c*chunk_size ... and is complete (set last)", None),
     "provenance": ("JSON: how chunk c was made (versions, device, commit, host, times, data digest)", None),

@@ -26,7 +26,7 @@ from engine.config import COMPILE_MODES
 from engine.device import check_device
 from engine.errors import UserError
 from engine.results import attrs
-from engine.runtime import batching, provenance
+from engine.runtime import batching, fitting, provenance
 from engine.runtime.planning import Plan, exactly_right, plan
 from engine.runtime.runspec import RunSpec
 
@@ -98,7 +98,9 @@ def open_run(p: Plan, root_group, rs: RunSpec):
     fed_as = {k: v for k, v in feed.changed().items() if k != "gram"}
     config = rs.config_for(p.family, p.dataset.name)
     candidates = candidates_for(p, fed_model(p, rs), feed)
-    picked = pick_samples(p, rs, n_req, candidates, feed)
+    # A universal attack fits on the candidates before its N scored samples (engine.runtime.fitting).
+    fit_index, picked = (fitting.split(p, rs, n_req, candidates) if rs.spec.universal
+                         else (None, pick_samples(p, rs, n_req, candidates, feed)))
     scored = scoring_attrs(p, rs, candidates)
     image_shape = tuple(p.dataset.image(int(picked[0])).shape) if rs.save_adv and len(picked) else None
     made_from = {"checkpoint_digest": p.digest, "target_label": rs.target_label, "order": rs.order,
@@ -123,6 +125,11 @@ def open_run(p: Plan, root_group, rs: RunSpec):
         num_labels=p.dataset.num_labels, image_shape=image_shape, chunk_size=rs.chunk_size, attrs=run_attrs,
         sample_index=picked, labels_true=p.dataset.labels[picked].astype(bool),
         fingerprint=attrs.fingerprint(rs.spec, config, target=rs.target, seed=rs.seed, **made_from))
+    if fit_index is not None:
+        # Fitted here, by the one process that opens the run (a sweep's planning actor), so that
+        # every shard, on any worker and thread count, applies the same stored delta.
+        fitting.add_delta(run, tuple(p.dataset.image(int(picked[0])).shape), rs, fit_index)
+        fitting.delta_for(p, run, rs, str(next(p.model.parameters(), torch.empty(0)).device))
     # How a run is scored is not part of its results: a reopened run takes the rounding asked for now.
     if any(run.attrs.get(k) != v for k, v in scored.items()):
         run.attrs.update(scored)
@@ -203,6 +210,9 @@ def run_shard(p: Plan, run, chunk: int, rs: RunSpec, *, device: str = "cpu", ctx
     """Attack the samples of chunk ``chunk`` of ``run`` as ``rs`` says and write them (rows, then the
     done flag): the unit of work of ``sml attack`` and of every sweep worker."""
     started = provenance.now()
+    if rs.spec.universal:  # every shard applies the run's one delta, fitted when the run was opened
+        delta, passes = fitting.delta_for(p, run, rs, device)
+        ctx = dict(ctx or {}, universal_delta=delta, universal_passes=passes)
     c = int(run.attrs["chunk_size"])
     index = np.asarray(run["sample_index"][chunk * c : (chunk + 1) * c])
     rows, reasons, deltas = attack_samples(p, rs, index, device=device, ctx=ctx, progress=progress, compile=compile,

@@ -21,7 +21,7 @@ from engine import results
 from engine.device import check_device
 from engine.errors import UserError
 from engine.models import sources
-from engine.runtime import runner
+from engine.runtime import fitting, runner
 from engine.runtime.runspec import RunSpec
 
 # Test hook: an actor that finds this variable set (a folder) and can create <folder>/stalled
@@ -74,6 +74,8 @@ class SweepWorker:
             mine = [rs for mi, rs in self.runs if mi == i]
             for rs in mine:  # every run's check before any of its groups is created
                 rs.check_labels(p.dataset.num_labels, p.dataset.label_names)
+                if rs.spec.universal:  # its fit and scored samples among the candidates
+                    fitting.split(p, rs, rs.samples(p.family, p.dataset.name), p.candidates)
             runs = []
             for j, (mi, rs) in enumerate(self.runs):
                 if mi != i:
@@ -117,6 +119,7 @@ class SweepWorker:
         l = int(run.attrs["num_labels"])
         rows = {k: np.zeros(results.result_shape(k, n, l), dtype=dt) for k, (dt, _) in results.RESULT_FIELDS.items()}
         rows["failed"][:] = True
+        rows["queries"][:] = -1  # nothing counted
         results.write_chunk(run, chunk, rows, [f"{GAVE_UP}{reason}"] * n)
         return {"rows": n, "pid": os.getpid()}
 
