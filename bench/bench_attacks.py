@@ -35,93 +35,11 @@ from engine import attacks
 from engine.attacks import losses, precision, targets
 from engine.attacks.driver import clean_step, grad_and_logits, sample_noise
 from engine.attacks.losses import bce
+from engine.profile.peers import peer_runs
 from engine.util import markdown_table
 
 ATTACKS = ("fgsm", "fgm", "bim", "pgd", "mifgsm", "slide")
 ITERATIONS = 40
-
-
-def _advertorch():
-    # AdverTorch 0.2.3 imports a helper that torch removed (zero_gradients); supply it before import.
-    import importlib
-
-    gc = importlib.import_module("torch.autograd.gradcheck")  # the module; torch.autograd.gradcheck is a function
-    if not hasattr(gc, "zero_gradients"):
-        def zero_gradients(x):
-            if isinstance(x, torch.Tensor) and x.grad is not None:
-                x.grad.detach_()
-                x.grad.zero_()
-
-        gc.zero_gradients = zero_gradients
-    import advertorch.attacks as A
-    from advertorch.attacks.iterative_projected_gradient import perturb_iterative
-
-    return A, perturb_iterative
-
-
-class _CEWrap(nn.Module):
-    """(-L(y*, f(x)), 0) per sample: torchattacks' targeted cross-entropy towards class 0 descends L."""
-
-    def __init__(self, model: nn.Module, y_star: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.y_star = model, y_star
-
-    def forward(self, x):
-        lval = bce(self.model(x), self.y_star[: x.shape[0]])
-        return torch.stack([-lval, torch.zeros_like(lval)], 1)
-
-
-def peer_runs(model: nn.Module, x: torch.Tensor, name: str, cfg, y_star: torch.Tensor, noise) -> dict:
-    """{provider: zero-argument callable returning x_adv} for AdverTorch and torchattacks."""
-    runs = {}
-    loss_fn = lambda z, y: bce(z, y).sum()  # noqa: E731 - the released code's loss, summed
-    try:
-        A, perturb_iterative = _advertorch()
-    except ImportError:
-        A = None
-    if A is not None:
-        kw = dict(loss_fn=loss_fn, clip_min=0.0, clip_max=1.0, targeted=True)
-        if name == "fgsm":
-            atk = A.GradientSignAttack(model, eps=cfg.eps, **kw)
-        elif name == "fgm":
-            atk = A.GradientAttack(model, eps=cfg.eps, **kw)
-        elif name == "bim":
-            atk = A.LinfBasicIterativeAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step, **kw)
-        elif name == "mifgsm":
-            atk = A.MomentumIterativeAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step,
-                                            decay_factor=cfg.decay, **kw)
-        elif name == "slide":
-            atk = A.SparseL1DescentAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step,
-                                          l1_sparsity=cfg.sparsity, rand_init=False, **kw)
-        else:
-            atk = None
-        if name == "pgd":
-            def run_pgd():
-                delta0 = ((x + noise(-cfg.eps, cfg.eps)).clamp(0, 1) - x).detach()
-                return perturb_iterative(x, y_star, model, nb_iter=cfg.iterations, eps=cfg.eps, eps_iter=cfg.step,
-                                         loss_fn=loss_fn, delta_init=delta0.clone().requires_grad_(True),
-                                         minimize=True, clip_min=0.0, clip_max=1.0)
-            runs["advertorch"] = run_pgd
-        elif atk is not None:
-            runs["advertorch"] = lambda a=atk: a.perturb(x, y_star)
-    try:
-        import torchattacks as TA
-    except ImportError:
-        TA = None
-    if TA is not None and name in ("fgsm", "bim", "pgd", "mifgsm"):
-        wrapped = _CEWrap(model, y_star).eval()
-        if name == "fgsm":
-            atk = TA.FGSM(wrapped, eps=cfg.eps)
-        elif name == "bim":
-            atk = TA.BIM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations)
-        elif name == "pgd":
-            atk = TA.PGD(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, random_start=True)
-        else:
-            atk = TA.MIFGSM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, decay=cfg.decay)
-        atk.set_mode_targeted_by_label(quiet=True)
-        target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        runs["torchattacks"] = lambda a=atk: a(x, target)
-    return runs
 
 
 def no_eval_run(model: nn.Module, x: torch.Tensor, name: str, ids: list[int]) -> Callable:

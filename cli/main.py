@@ -198,6 +198,30 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-profile", metavar="P", help="with --plan: a device profile written by `make bench`")
 
 
+# ---------------------------------------------------------------- profile
+@command("profile", "throughput of attack implementations on one model, side by side (or --compare two profiles)")
+def _profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attack", action="append", metavar="SPEC",
+                   help="repeatable: a registered attack as a run key (NAME[.PRESET][@k=v,...]); your callable "
+                        "MODULE:FUNCTION[@k=v,...], fn(model, x, y_star, **params) -> x_adv; or advertorch:NAME, "
+                        "torchattacks:NAME (a peer library's version of our attack NAME)")
+    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of --factory / --torchvision")
+    p.add_argument("--dataset")
+    p.add_argument("--root")
+    p.add_argument("--split")
+    p.add_argument("--batch", default="16", metavar="B[,B...]|auto",
+                   help="batch sizes, one row each (default 16); auto: the largest that fits the device")
+    _config_flags(p, config.ProfileConfig)
+    p.add_argument("--out", metavar="FILE.json", help="write the rows (a JSON list)")
+    p.add_argument("--trace", metavar="FILE", help="Chrome trace of the profiled call (several rows: FILE.<i>-b<B>)")
+    p.add_argument("--plot", metavar="FILE", help="images/s and peak memory against the batch size (png, svg, pdf)")
+    p.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
+                   help="profile nothing: match the rows of two profiles and exit 1 if one got slower than "
+                        "--tolerance allows")
+    _add_checkpoint_flags(p)
+    _add_data_flags(p)
+
+
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sml", description="Showing-many-labels adversarial attack engine")
