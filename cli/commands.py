@@ -182,16 +182,15 @@ def _model_opts(a: argparse.Namespace) -> dict:
             "root": a.root, "split": a.split, "allow_missing": kw.pop("allow_missing"), "load_kw": kw}
 
 
-def cmd_profile(a: argparse.Namespace) -> None:
+def cmd_profile(a: argparse.Namespace) -> int:
     cfg = ProfileConfig.from_dict(given(a, ProfileConfig))
     if a.compare:
         if a.attack or a.out or a.trace or a.plot:
-            raise UserError("--compare OLD.json NEW.json profiles nothing: it takes no --attack, --out, --trace or --plot")
+            raise UserError("--compare OLD.json NEW.json profiles nothing: it takes no --attack, --out, --trace or "
+                            "--plot")
         res = profile.compare(profile.read_rows(a.compare[0]), profile.read_rows(a.compare[1]), cfg.tolerance)
         print(profile.format_comparison(res))
-        if res["failed"]:
-            raise SystemExit(1)
-        return
+        return 1 if res["failed"] else 0
     for path in filter(None, (a.out, a.trace, a.plot)):
         if not Path(path).parent.is_dir():
             raise UserError(f"{path}: folder {Path(path).parent} does not exist")
@@ -201,3 +200,4 @@ def cmd_profile(a: argparse.Namespace) -> None:
     print(profile.table(rows))
     if a.plot:
         print(profile.plot(rows, a.plot))
+    return 0

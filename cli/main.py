@@ -243,14 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The one deferred load of our code: cli.commands brings in the engine (torch, zarr: seconds),
         # which `--help` and usage errors never need. It never imports this module back.
         commands = importlib.import_module("cli.commands")
-        getattr(commands, f"cmd_{args.run}")(args)
+        # A command returns None (success) or its exit code (e.g. a comparison that failed its gate).
+        code = getattr(commands, f"cmd_{args.run}")(args)
     except UserError as e:
         print(f"sml: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("sml: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax2.set(xlabel="batch", ylabel="peak memory (MiB)", title="memory")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,8 @@ def check_fits(model, shape, batch: int, labels: int, jacobian: bool, device: st
     free = torch.cuda.mem_get_info(torch.device(device))[0] if device.startswith("cuda") else _available_bytes()
     if free is not None and per * batch > free:
         raise UserError(f"--batch {batch}: needs about {per * batch / 2**30:.1f} GiB on {device}, which has "
-                        f"{free / 2**30:.1f} GiB free; the largest that fits is about {max(1, free // per)} (or --batch auto)")
+                        f"{free / 2**30:.1f} GiB free; the largest that fits is about {max(1, free // per)} "
+                        f"(or --batch auto)")
 
 
 def _timed(fn: Callable[[], Any], device: str) -> float:

@@ -10,16 +10,20 @@ host-side functions it went to.
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.profiler import ProfilerActivity, profile
+# Kineto (torch.profiler's collector) logs every start and stop to stderr unless told otherwise.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
-from engine.profile.hooks import FORWARD, SCORING, PassCounter
+import torch  # noqa: E402 - after the profiler's log level
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from engine.profile.hooks import FORWARD, SCORING, PassCounter  # noqa: E402
 
 OTHER_LIMIT = 0.10
 PHASES = ("forward", "backward", "update", "scoring", "other")

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 from torch import nn
 
-import tomllib
 from engine import attacks
 from engine.attacks.driver import sample_noise
 from engine.attacks.registry import AttackSpec, Passes
