@@ -195,7 +195,8 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", action="store_true",
                    help="attack nothing: print the samples, passes and device time per run and the total on "
                         "1, 4, 8, 32 devices (timed here on each model, or from --device-profile)")
-    p.add_argument("--device-profile", metavar="P", help="with --plan: a device profile written by `make bench`")
+    p.add_argument("--device-profile", metavar="P",
+                   help="with --plan: the rows of `sml profile --out`, or a record `make bench` wrote")
 
 
 # ---------------------------------------------------------------- profile

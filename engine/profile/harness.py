@@ -35,14 +35,15 @@ from engine.runtime.sweep.plan import measure
 
 
 def load(opts: dict[str, Any]):
-    """(model on the CPU, ready to attack; the data set; the model's name) from `sml attack`'s model and data
+    """(model on the CPU, ready to attack; the data set; what the rows say of the model: its name,
+    family, backbone) from `sml attack`'s model and data
     options: checkpoint, own_model, embedding, label_names, trust_pickle, dataset, root, split,
     allow_missing and the loader's keywords (load_kw)."""
     m = sources.load(opts.get("checkpoint"), opts.get("own_model"), embedding=opts.get("embedding"),
                      label_names=opts.get("label_names"), trust_pickle=bool(opts.get("trust_pickle")))
     ds = m.dataset_for(opts.get("dataset"), opts.get("root"), opts.get("split"),
                        allow_missing=bool(opts.get("allow_missing")), **opts.get("load_kw", {}))
-    return prepare_for_attack(m.model), ds, m.key
+    return prepare_for_attack(m.model), ds, {"model": m.key, "family": m.family, "backbone": m.backbone}
 
 
 def images(ds, n: int) -> torch.Tensor:
@@ -115,7 +116,7 @@ def _spec_check(counted: dict[str, float], declared) -> tuple[dict | None, str |
     return want, "within" if all(counted[k] <= want[k] + 1e-9 for k in want) else "exceeds"
 
 
-def profile_row(subject, model, ds, model_name: str, batch: int, cfg: ProfileConfig, opts: dict[str, Any], *,
+def profile_row(subject, model, ds, about: dict[str, str], batch: int, cfg: ProfileConfig, opts: dict[str, Any], *,
                 trace: str | Path | None = None, log=print) -> dict[str, Any]:
     dev = cfg.device
     x = images(ds, batch).to(dev)
@@ -145,7 +146,7 @@ def profile_row(subject, model, ds, model_name: str, batch: int, cfg: ProfileCon
     per_sample = seconds / batch
     floor = _floor(counted, pt.fwd, pt.fwd_bwd)
     declared, check = _spec_check(counted, subject.declared(labels))
-    row = {"attack": subject.text, "model": model_name, "device": dev, "precision": prec, "compile": cfg.compile,
+    row = {"attack": subject.text, "model": about["model"], "device": dev, "precision": prec, "compile": cfg.compile,
            "batch": batch, "repeats": cfg.repeats, "images_per_s": batch / seconds,
            "seconds_per_sample": per_sample, "passes": counted, "fwd_s_per_image": pt.fwd,
            "fwd_bwd_s_per_image": pt.fwd_bwd, "floor_s_per_sample": floor,
@@ -153,6 +154,8 @@ def profile_row(subject, model, ds, model_name: str, batch: int, cfg: ProfileCon
            "phases": row_phases if row_phases is not None else {"compiled": seconds},
            "phases_note": None if row_phases is not None else "compiled: one phase (torch.compile fuses the step)",
            "other_frames": frames, "spec_passes": declared, "spec_check": check,
+           # what `sml sweep --plan --device-profile` matches a sweep's model on (plan.read_profile)
+           "family": about["family"], "backbone": about["backbone"], "input_size": int(x.shape[-1]),
            "peak_memory_bytes": peak_memory(subject, model, x, cfg, opts) if cfg.memory else None,
            "provenance": {**provenance.static(dev), "torch_threads": torch.get_num_threads(),
                           "date": provenance.now()}}
@@ -191,7 +194,7 @@ def run(attack_specs: Sequence[str], opts: dict[str, Any], batch: str, cfg: Prof
     if not subjects:
         raise UserError("sml profile: name at least one --attack SPEC (or --compare OLD.json NEW.json)")
     sizes = parse_batches(batch)
-    model, ds, name = load(opts)
+    model, ds, about = load(opts)
     model = model.to(cfg.device)
     shape = tuple(ds.image(0).shape)
     rows = []
@@ -203,5 +206,5 @@ def run(attack_specs: Sequence[str], opts: dict[str, Any], batch: str, cfg: Prof
             if trace is not None:
                 t = Path(trace)
                 where = t if len(subjects) * len(todo) == 1 else t.with_name(f"{t.stem}.{i}-b{b}{t.suffix}")
-            rows.append(profile_row(subject, model, ds, name, b, cfg, opts, trace=where, log=log))
+            rows.append(profile_row(subject, model, ds, about, b, cfg, opts, trace=where, log=log))
     return rows
