@@ -218,11 +218,12 @@ def early_exit_demo(model: nn.Module, x: torch.Tensor, *, device: str, batch: in
 
 
 def format_table(rows: list[dict]) -> str:
+    mine = [r for r in rows if "provider" in r and "bench" not in r]
     out = markdown_table(["model", "attack", "provider", "median s", "/ floor", "peer / ours", "same label counts"],
-                         (_attack_cells(r) for r in rows if "provider" in r and "bench" not in r))
+                         map(_attack_cells, mine)) if mine else []
     pr = [r for r in rows if r.get("bench") == "precision"]
     if pr:
-        out += ["", *markdown_table(
+        out += [""] * bool(out) + [*markdown_table(
             ["model", "attack", "precision", "median s", "speed-up vs fp32", "same final label count as fp32"],
             map(_precision_cells, pr))]
     ee = [r for r in rows if r.get("bench") == "early-exit"]

@@ -61,6 +61,10 @@ class CEWrap(nn.Module):
         return torch.stack([-lval, torch.zeros_like(lval)], 1)
 
 
+def installed(library: str) -> bool:
+    return advertorch() is not None if library == "advertorch" else importlib.util.find_spec(library) is not None
+
+
 def check(library: str, name: str) -> None:
     """A one-line error unless ``library`` is installed and has attack ``name``."""
     if library not in SUPPORTED:
@@ -68,8 +72,7 @@ def check(library: str, name: str) -> None:
     if name not in SUPPORTED[library]:
         raise UserError(f"{library}:{name}: {library} has no version of {name!r} here; valid: "
                         f"{', '.join(SUPPORTED[library])}")
-    found = advertorch() is not None if library == "advertorch" else importlib.util.find_spec(library) is not None
-    if not found:
+    if not installed(library):
         raise UserError(f"{library}:{name}: {library} is not installed (pip install '{PACKAGES[library]}', or the "
                         f"bench extra: pip install -e '.[bench]')")
 
