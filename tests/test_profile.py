@@ -173,3 +173,28 @@ def test_a_batch_that_does_not_fit_is_one_line(tiny, tmp_path, capsys, monkeypat
     err = _one_line(capsys, ["profile", "--attack", "fgsm", "--factory", "sml_prof_tiny:build", "--dataset", "demo",
                              "--root", str(tiny["root"]), "--batch", "64", "--no-memory"])
     assert "--batch 64: needs about" in err and "largest that fits" in err
+
+
+def _record(folder, name: str, date: str, speeds: dict, kind: str = "profile") -> None:
+    rows = [{**r, "seconds_per_sample": 1 / r["images_per_s"], "passes": {"forward": 1.0, "forward_backward": 2.0,
+                                                                          "backward": 0.0},
+             "floor_ratio": 1.5, "phases": {"forward": 1.0, "backward": 1.0, "update": 0.0, "scoring": 0.0,
+                                            "other": 0.0}, "spec_check": "equal"} for r in _rows(**speeds)]
+    doc = {"kind": kind, "date": date, "machine": {"host": "h", "cpu": {"model": "CPU X", "torch_isa": "AVX2"},
+                                                   "cpu_count": 2}, "versions": {"python": "3.11", "torch": "2"},
+           "command": "python -m bench", "rows": rows}
+    (folder / name).write_text(json.dumps(doc))
+
+
+def test_performance_page_history_newest_first(tmp_path):
+    from docs.pages import bench_pages
+
+    empty = bench_pages.performance(bench_pages.Results(tmp_path))
+    assert "No profile is recorded" in empty and "No CI profile is recorded" in empty
+    _record(tmp_path, "profile-a.json", "2026-01-01T00:00:00+00:00", {"pgd": 10.0, "fgsm": 50.0})
+    _record(tmp_path, "profile-b.json", "2026-02-01T00:00:00+00:00", {"pgd": 12.5})
+    page = bench_pages.performance(bench_pages.Results(tmp_path))
+    assert "| pgd | m | 16 | 12.5 |" in page  # the latest profile's table
+    assert "| pgd | m | cpu, fp32 | 16 | 12.5 | 10.0 |" in page and "| fgsm | m | cpu, fp32 | 16 | | 50.0 |" in page
+    history = page[page.index("## History"):]
+    assert history.index("(1) *Machine:* CPU X") < history.index("profile-b.json") < history.index("profile-a.json")
