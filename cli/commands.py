@@ -191,6 +191,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
         res = profile.compare(profile.read_rows(a.compare[0]), profile.read_rows(a.compare[1]), cfg.tolerance)
         print(profile.format_comparison(res))
         return 1 if res["failed"] else 0
+    if a.trace and cfg.compile:
+        raise UserError("--trace records the phases of an eager call; a compiled row has none: drop --trace or "
+                        "--compile")
     for path in filter(None, (a.out, a.trace, a.plot)):
         if not Path(path).parent.is_dir():
             raise UserError(f"{path}: folder {Path(path).parent} does not exist")
