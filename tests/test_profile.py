@@ -15,6 +15,7 @@ import cli.main
 from engine import data
 from engine.config import ProfileConfig
 from engine.profile import gate, harness, peers
+from engine.runtime import batching
 
 FAST = ProfileConfig(repeats=1, memory=False, calibration_seconds=0.02)
 
@@ -89,6 +90,13 @@ def test_callables_are_counted_as_they_run(tiny):
     assert rows[0]["passes"] == {"forward": 1.0, "forward_backward": 2.0, "backward": 0.0}
     assert rows[2]["passes"] == {"forward": 0.0, "forward_backward": 1.0, "backward": 2.0}
     assert rows[0]["spec_check"] is None and rows[0]["images_per_s"] > 0
+
+
+def test_batch_auto_is_the_largest_that_fits(tiny):
+    model, ds, _ = harness.load(tiny["opts"])
+    want = batching.auto_batch(model, tuple(ds.image(0).shape), num_labels=ds.labels.shape[1], jacobian=False)
+    (row,) = harness.run(["fgsm"], tiny["opts"], "auto", FAST, log=lambda m: None)
+    assert row["batch"] == want > 1 and row["passes"]["forward_backward"] == 1.0
 
 
 def test_peer_library_attack(tiny):
