@@ -1,14 +1,22 @@
-"""`make bench` / `python -m bench [--device cuda] [--quick]`: throughput figures, side by side.
+"""`make bench` / `python -m bench [--device cuda] [--quick] [--only S]`: throughput, kept with provenance.
 
-Sections: gradient attacks vs the model's floor and the peers (bench_attacks), the precisions
-(fp32 / tf32 / bf16: speed and agreement with fp32), early exit on the demo set, the MLA-LP solver
-vs the primal LP (bench_lp), sweeps (bench_sweep, when present), and the device profile. On request
-(``--only tresnet``, minutes on a CPU): the gradient attacks' floor ratios on an ASL TResNet-M at
-224 px, and profile entries of TResNet-M at 224 and TResNet-L at 448 (the authors' COCO size), so
-that ``--plan`` prices the study's grid on an ASL model.
-Every run writes bench/results/<date>-<host>.json and bench/results/latest.json (a list of rows);
-the profile section writes bench/results/profile-<device>-<host>.json, which
-``sml sweep FILE --plan --device-profile`` reads.
+Sections:
+profile    `sml profile`'s machinery (engine.profile) on the demo ML-GCN: the study's nine attacks at
+           the demo's settings (sweeps/demo.toml) and the peer libraries' versions of the gradient
+           attacks, one row each: images/s, passes, the floor, phases, peak memory. Kept as
+           bench/results/profile-<date-time>-<host>.json, which the docs' Performance page shows
+           (history per row, newest first) and `sml sweep --plan --device-profile` reads.
+ci         the CI's short profile (bench.ci_profile), kept as the record CI runs compare with.
+precision  fp32 / tf32 / bf16: speed and agreement with fp32 (bench_attacks.precision_rows).
+early      early exit over the demo set (bench_attacks.early_exit_demo).
+lp         the MLA-LP solver against the primal LP (bench_lp).
+sweep      sweeps (bench_sweep).
+The last four are kept together as bench/results/bench-<date-time>-<host>.json.
+tresnet    on request only (`--only tresnet`, minutes on a CPU): the gradient attacks as profile rows
+           on an ASL TResNet-M at 224 px (random weights: a pass costs the same), kept as a profile
+           record, and `sml sweep --plan` device-profile entries of TResNet-M at 224 and TResNet-L
+           at 448 (the authors' COCO size), bench/results/plan-tresnet-<device>-<host>.json, from
+           which the plan prices the study's grid on an ASL model.
 Compiled artifacts are cached in bench/cache (TORCHINDUCTOR_CACHE_DIR), so a second run skips most
 of the compile time.
 """
@@ -16,11 +24,7 @@ of the compile time.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,206 +32,166 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(HERE / "cache" / "inductor"))
 
+from bench import bench_attacks, bench_lp, bench_sweep, ci_profile  # noqa: E402 - after the compile cache's location
+from bench.record import write_result  # noqa: E402
+from engine import data, protocol  # noqa: E402
+from engine.config import DemoDataConfig, ModelConfig, ProfileConfig, TrainConfig  # noqa: E402
+from engine.data import demo  # noqa: E402
+from engine.models import load  # noqa: E402
+from engine.models.train import train  # noqa: E402
+from engine.profile import harness, peers, table  # noqa: E402
 
-def _demo_models(device: str, log):
-    """The demo ML-GCN (tiny backbone, 32 px) from `make run` if present, else trained here (~1 min)."""
-    from engine.config import DemoDataConfig, ModelConfig, TrainConfig
-    from engine.data import demo
-    from engine.models import load
-    from engine.models.train import train
+# The study's nine attacks as the demo runs them (sweeps/demo.toml), then the peers' versions.
+DEMO_SPECS = ("fgsm", "fgm", "bim", "pgd", "slide", "mifgsm", "mldp", "mlcw.demo", "mlalp.full")
+SECTIONS = ("profile", "ci", "precision", "early", "lp", "sweep")
+ON_REQUEST = ("tresnet",)  # not in the default set
+GRADIENT = ("fgsm", "fgm", "bim", "pgd", "slide", "mifgsm")
 
-    root = Path("runs/demo")
-    ck = root / "ckpt" / "mlgcn.pt"
-    data_root = root / "data"
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def demo_checkpoint() -> tuple[Path, Path]:
+    """The demo ML-GCN (tiny backbone, 32 px) and its data from `make run` if present, else trained
+    here (~1 min)."""
+    ck, root = Path("runs/demo/ckpt/mlgcn.pt"), Path("runs/demo/data")
+    if ck.exists():
+        return ck, root
+    root, ck = HERE / "cache" / "demo-data", HERE / "cache" / "mlgcn-demo.pt"
+    demo.generate(root, DemoDataConfig())
     if not ck.exists():
-        data_root = HERE / "cache" / "demo-data"
-        ck = HERE / "cache" / "mlgcn-demo.pt"
-        demo.generate(data_root, DemoDataConfig())
-        if not ck.exists():
-            log("training the demo ML-GCN for the bench (runs/demo has none) ...")
-            train(model_cfg=ModelConfig(family="mlgcn"), train_cfg=TrainConfig(), dataset="demo", root=data_root,
-                  out=ck, progress=False)
-    return load(ck).to(device), data_root
+        _log("training the demo ML-GCN for the bench (runs/demo has none) ...")
+        train(model_cfg=ModelConfig(family="mlgcn"), train_cfg=TrainConfig(), dataset="demo", root=root, out=ck,
+              progress=False)
+    return ck, root
 
 
-def _resnet18_mlgcn(device: str):
-    """ResNet-18 at 64 px with an ML-GCN head (random weights: timing and agreement only)."""
+def peer_specs() -> list[str]:
+    return [f"{lib}:{name}" for lib, names in peers.SUPPORTED.items() for name in names
+            if peers.installed(lib)]
+
+
+def profile_section(a, ck: Path, root: Path) -> list[dict]:
+    cfg = ProfileConfig(device=a.device, repeats=2 if a.quick else 5, memory=True)
+    opts = {"checkpoint": str(ck), "dataset": "demo", "root": str(root)}
+    specs = list(DEMO_SPECS) + peer_specs()
+    _log(f"profile: {len(specs)} attacks on the demo ML-GCN, batch {a.batch}")
+    return harness.run(specs, opts, a.batch, cfg, log=_log)
+
+
+def tresnet_section(a, root: Path) -> tuple[list[dict], Path]:
+    """Profile rows of the gradient attacks on an ASL TResNet-M at 224 px, batch 4, and the plan's
+    entries (family "asl", as engine.models.sources names an ASL model) of it and of TResNet-L at 448."""
+    import socket
+
     import torch
 
-    from engine.config import ModelConfig
-    from engine.models import build
+    from engine.models import zoo
+    from engine.runtime.sweep import plan
 
+    ds = data.load("demo", root=root)
+    ck = HERE / "cache" / "asl-tresnet_m-random.pt"
     torch.manual_seed(0)
-    m = build(ModelConfig(family="mlgcn", backbone="resnet18", input_size=64), 20)
-    return m.eval().to(device)
+    net = zoo.create("tresnet_m", ds.num_labels).eval()
+    if not ck.exists():  # the authors' checkpoint layout, so the `asl` source reads it as it reads theirs
+        torch.save({"model": zoo.timm_to_asl(net.state_dict(), net), "num_classes": ds.num_labels,
+                    "idx_to_class": dict(enumerate(ds.label_names))}, ck)
+    cfg = ProfileConfig(device=a.device, repeats=1 if a.quick else 3, memory=False)
+    opts = {"checkpoint": str(ck), "own_model": {"asl": "tresnet_m", "input_size": 224}, "dataset": "demo",
+            "root": str(root)}
+    _log("profile: the gradient attacks on an ASL TResNet-M at 224 px, batch 4")
+    rows = harness.run(GRADIENT[3:4] if a.quick else GRADIENT, opts, "4", cfg, log=_log)
+    entries = []
+    for arch, size in (("tresnet_m", 224), ("tresnet_l", 448)):
+        model = net if arch == "tresnet_m" else zoo.create(arch, ds.num_labels).eval()
+        t = plan.measure(model.to(a.device), (3, size, size), 2, a.device, min_seconds=0.1, min_repeats=2)
+        entries.append(plan.profile_entry(arch, "asl", size, t))
+        _log(f"  plan entry {arch}@{size}: {t.fwd_bwd:.3f} s fwd+bwd, {t.fwd:.3f} s fwd per image")
+    path = HERE / "results" / f"plan-tresnet-{a.device.replace(':', '')}-{socket.gethostname()}.json"
+    name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{a.device} ({socket.gethostname()})"
+    plan.write_profile(path, a.device, name, entries)
+    return rows, path
+
+
+def other_sections(a, todo: set[str], ck: Path, root: Path) -> list[dict]:
+    """The precision, early-exit, LP and sweep sections; a failing one is recorded as a row."""
+    rows: list[dict] = []
+    model = load(ck).to(a.device)
+    ds = data.load("demo", root=root)
+    cand = protocol.correctly_predicted(model, ds)
+    repeats = 2 if a.quick else 5
+
+    def precision():
+        x, _ = data.stack(ds, cand[:32].tolist())
+        return bench_attacks.precision_rows(model, x.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
+                                            device=a.device, log=_log)
+
+    def early():
+        xs, _ = data.stack(ds, cand[: 128 if a.quick else len(cand)].tolist())
+        return bench_attacks.early_exit_demo(model, xs.to(a.device), device=a.device, log=_log)
+
+    for name, fn in (("precision", precision), ("early", early), ("lp", lambda: bench_lp.run(a.quick)),
+                     ("sweep", lambda: bench_sweep.run(a.quick))):
+        if name not in todo:
+            continue
+        t = time.perf_counter()
+        try:
+            rows.extend(fn())
+        except Exception as e:  # noqa: BLE001 - a broken section must not lose the others' figures
+            _log(f"section {name} failed: {type(e).__name__}: {e}")
+            rows.append({"bench": "error", "section": name, "error": f"{type(e).__name__}: {e}"})
+        _log(f"section {name}: {time.perf_counter() - t:.0f} s")
+    return rows
+
+
+def format_tables(rows: list[dict]) -> str:
+    out = [bench_attacks.format_table(rows)]
+    lp = [r for r in rows if r.get("bench") == "mlalp-lp"]
+    if lp:
+        out.append(bench_lp.format_table(lp))
+    sw = [r for r in rows if r.get("bench") == "sweep"]
+    if sw:
+        out.append(bench_sweep.format_table(sw))
+    return "\n\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (<= 5 minutes on 2 cores)")
-    ap.add_argument("--only", help="comma-separated sections: attacks, precision, early, lp, sweep, profile; "
-                                   "tresnet (not in the default set: an ASL TResNet-M at 224 px)")
-    ap.add_argument("--attacks", help="comma-separated gradient attacks for the attacks and precision sections "
-                                      "(default: all six)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and samples")
+    ap.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)} (default: all); "
+                                   f"on request: {', '.join(ON_REQUEST)}")
+    ap.add_argument("--batch", default="32", help="the profile's batch sizes (B[,B...] or auto; default 32)")
     a = ap.parse_args(argv)
-    import torch
-
-    from bench import bench_attacks
-    from engine import data, protocol
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    sections = set((a.only or "attacks,precision,early,lp,sweep,profile").split(","))
-    chosen = tuple(a.attacks.split(",")) if a.attacks else bench_attacks.ATTACKS
-    repeats = 2 if a.quick else 5
-    rows: list[dict] = []
-    t_start = time.perf_counter()
-    demo_model, demo_root = _demo_models(a.device, log)
-    ds = data.load("demo", root=demo_root)
-    cand = protocol.correctly_predicted(demo_model, ds)
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-
-    def section(name, fn):
-        """Run one section; a failure is recorded as a row and the others still run."""
-        if name not in sections:
-            return
-        t = time.perf_counter()
-        try:
-            rows.extend(fn())
-        except Exception as e:  # noqa: BLE001 - a broken section must not lose the others' figures
-            log(f"section {name} failed: {type(e).__name__}: {e}")
-            rows.append({"bench": "error", "section": name, "error": f"{type(e).__name__}: {e}"})
-        log(f"section {name}: {time.perf_counter() - t:.0f} s")
-        (out_dir / "partial.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
-
-    def attacks_section():
-        x32, _ = data.stack(ds, cand[:32].tolist())
-        log("gradient attacks: demo ML-GCN (tiny, 32 px), batch 32")
-        out = bench_attacks.bench_model(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
-                                        device=a.device, log=log, names=chosen)
-        ds64 = data.load("demo", root=demo_root, size=64)
-        x64, _ = data.stack(ds64, cand[:32].tolist())
-        log("gradient attacks: ResNet-18 + ML-GCN head at 64 px, batch 32")
-        names = tuple(n for n in chosen if n == "pgd" or not a.quick) or chosen
-        out += bench_attacks.bench_model(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
-                                         repeats=1 if a.quick else repeats, device=a.device, log=log, names=names)
-        return out
-
-    def precision_section():
-        x32, _ = data.stack(ds, cand[:32].tolist())
-        log("precisions: demo ML-GCN (tiny, 32 px), batch 32")
-        out = bench_attacks.precision_rows(demo_model, x32.to(a.device), "demo-mlgcn-tiny-32px", repeats=repeats,
-                                           device=a.device, names=chosen, log=log)
-        x64, _ = data.stack(data.load("demo", root=demo_root, size=64), cand[:32].tolist())
-        log("precisions: ResNet-18 + ML-GCN head at 64 px, batch 32")
-        names = tuple(n for n in chosen if n in ("fgsm", "pgd")) if a.quick else chosen
-        out += bench_attacks.precision_rows(_resnet18_mlgcn(a.device), x64.to(a.device), "resnet18-mlgcn-64px",
-                                            repeats=1 if a.quick else repeats, device=a.device, names=names or chosen,
-                                            log=log)
-        return out
-
-    def profile_section():
-        """fwd+bwd and fwd seconds per image of the bench's models, batch 32, for `sml sweep --plan`."""
-        from engine.runtime.sweep import plan
-
-        entries = []
-        for (backbone, size), model in (("tiny", 32), demo_model), (("resnet18", 64), _resnet18_mlgcn(a.device)):
-            t = plan.measure(model, (3, size, size), 32, a.device)
-            entries.append(plan.profile_entry(backbone, "mlgcn", size, t))
-            log(f"  profile {backbone}@{size}: {t.fwd_bwd * 1e3:.3f} ms fwd+bwd, {t.fwd * 1e3:.3f} ms fwd per image")
-        name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{a.device} ({socket.gethostname()})"
-        path = out_dir / f"profile-{a.device.replace(':', '')}-{socket.gethostname()}.json"
-        plan.write_profile(path, a.device, name, entries)
-        log(f"  wrote {path}")
-        return [{"bench": "profile", "path": str(path), **e} for e in entries]
-
-    def tresnet_section():
-        """Floor ratios on TResNet-M at 224 px (random weights: timing only), batch 4, and profile
-        entries (family "asl", as engine.models.sources names an ASL model) of it and of TResNet-L at 448."""
-        from engine.models import zoo
-        from engine.runtime.sweep import plan
-
-        x, _ = data.stack(data.load("demo", root=demo_root, size=224), cand[:4].tolist())
-        torch.manual_seed(0)
-        net = zoo.create("tresnet_m", ds.num_labels).eval().to(a.device)
-        log("gradient attacks: ASL TResNet-M at 224 px, batch 4")
-        names = tuple(n for n in chosen if n == "pgd") if a.quick else chosen
-        out = bench_attacks.bench_model(net, x.to(a.device), "asl-tresnet_m-224px", repeats=1 if a.quick else 3,
-                                        device=a.device, log=log, names=names or chosen)
-        entries = []
-        for arch, size in (("tresnet_m", 224), ("tresnet_l", 448)):
-            model = net if arch == "tresnet_m" else zoo.create(arch, ds.num_labels).eval().to(a.device)
-            t = plan.measure(model, (3, size, size), 2, a.device, min_seconds=0.1, min_repeats=2)
-            entries.append(plan.profile_entry(arch, "asl", size, t))
-            log(f"  profile {arch}@{size}: {t.fwd_bwd:.3f} s fwd+bwd, {t.fwd:.3f} s fwd per image")
-        path = out_dir / f"profile-{a.device.replace(':', '')}-{socket.gethostname()}-tresnet.json"
-        name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{a.device} ({socket.gethostname()})"
-        plan.write_profile(path, a.device, name, entries)
-        log(f"  wrote {path}")
-        return out + [{"bench": "profile", "path": str(path), **e} for e in entries]
-
-    def early_section():
-        n = 128 if a.quick else len(cand)
-        xs, _ = data.stack(ds, cand[:n].tolist())
-        log(f"early exit on {n} demo samples")
-        return bench_attacks.early_exit_demo(demo_model, xs.to(a.device), device=a.device, log=log)
-
-    def lp_section():
-        from bench import bench_lp
-
-        log("MLA-LP linear programs")
-        return bench_lp.run(a.quick)
-
-    def sweep_section():
-        from bench import bench_sweep
-
-        log("sweeps")
-        return bench_sweep.run(a.quick)
-
-    section("attacks", attacks_section)
-    section("precision", precision_section)
-    section("early", early_section)
-    section("lp", lp_section)
-    section("sweep", sweep_section)
-    section("profile", profile_section)
-    section("tresnet", tresnet_section)
-    meta = {"bench": "meta", "host": socket.gethostname(), "device": a.device, "quick": a.quick,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
-            "date": dt.datetime.now().isoformat(timespec="seconds"), "seconds": time.perf_counter() - t_start}
-    rows.append(meta)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d")
-    for path in (out_dir / f"{stamp}-{meta['host']}.json", out_dir / "latest.json"):
-        path.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-    print(format_tables(rows))
-    print(f"\nwrote {out_dir / 'latest.json'} ({meta['seconds']:.0f} s)")
+    todo = set((a.only or ",".join(SECTIONS)).split(","))
+    unknown = todo - set(SECTIONS) - set(ON_REQUEST)
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS + ON_REQUEST)}")
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    ck, root = demo_checkpoint()
+    if "profile" in todo:
+        rows = profile_section(a, ck, root)
+        path = write_result("profile", {"rows": rows, "table": table(rows), "quick": a.quick}, command=command.strip(),
+                            device=a.device, keep_each=True)
+        print(table(rows), f"\nwrote {path}", sep="\n")
+    if "ci" in todo and a.device == "cpu":
+        rows = ci_profile.profile(log=_log)
+        path = write_result("ci-profile", {"rows": rows, "table": table(rows)}, command=command.strip(),
+                            keep_each=True)
+        print(f"wrote {path}")
+    if "tresnet" in todo:
+        rows, plan_path = tresnet_section(a, root)
+        path = write_result("profile", {"rows": rows, "table": table(rows), "quick": a.quick}, command=command.strip(),
+                            device=a.device, keep_each=True)
+        print(table(rows), f"\nwrote {path} and {plan_path}", sep="\n")
+    rest = todo & {"precision", "early", "lp", "sweep"}
+    if rest:
+        rows = other_sections(a, rest, ck, root)
+        path = write_result("bench", {"rows": rows, "table": format_tables(rows), "quick": a.quick},
+                            command=command.strip(), device=a.device, keep_each=True)
+        print(format_tables(rows), f"\nwrote {path}", sep="\n")
     return 0
-
-
-def format_tables(rows: list[dict]) -> str:
-    from bench import bench_attacks
-
-    out = [bench_attacks.format_table(rows)]
-    try:
-        from bench import bench_lp
-
-        lp = [r for r in rows if r.get("bench") == "mlalp-lp"]
-        if lp:
-            out.append(bench_lp.format_table(lp))
-    except ImportError:
-        pass
-    try:
-        from bench import bench_sweep
-
-        sw = [r for r in rows if r.get("bench") == "sweep"]
-        if sw and hasattr(bench_sweep, "format_table"):
-            out.append(bench_sweep.format_table(sw))
-    except ImportError:
-        pass
-    return "\n\n".join(out)
 
 
 if __name__ == "__main__":

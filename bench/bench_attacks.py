@@ -1,23 +1,7 @@
-"""Gradient attacks, side by side: the model's floor, ours (eager, compiled, early exit), AdverTorch,
-torchattacks.
-
-floor          40 x (forward + backward to the input) of the same model and batch, plain torch.
-ours-eager     engine.attacks.run, eager (the fused kernels of kernels.dispatch).
-ours-compiled  the same with compile=True (each iteration one torch.compile graph).
-ours-early-exit  eager, samples that show every label leave the batch (checked every 4 iterations).
-ours-no-eval   one-step attacks: ours up to x_adv without scoring it (the clean pass, whose logits
-               give the targets and whose gradient the step, then the step): the work torchattacks
-               does, which returns x_adv and evaluates nothing.
-advertorch     AdverTorch 0.2.3's class with the same loss (sum of clamped BCE) and parameters.
-torchattacks   torchattacks 3.5.1 where it has the attack; its loss is cross-entropy, so the model is
-               wrapped to output (-L, 0) with target class 0: CE = log(1 + e^L), whose gradient is
-               sigma(L) grad L, the same direction per sample, so sign- and norm-based updates agree.
-
-Providers run interleaved within each repeat (floor, then each provider, per attack) so that load
-drifts hit all of them alike; the table reports medians. Agreement: the final label counts of a
-peer equal ours-eager's on every sample. PGD's random start differs between libraries, so PGD is
-compared from the same start: AdverTorch's perturb_iterative is given our initial delta; torchattacks
-draws its own, so its PGD is timing-only.
+"""The bench's gradient-attack sections beside the profile (bench/__main__.py): the precisions
+(fp32 / tf32 / bf16: speed and agreement of the final label counts with fp32), early exit over the
+demo set, and the plain-torch floor loop that `make gpu-check` times (bench/gpu/measure.py).
+Throughput against the floor and the peer libraries is `sml profile`'s (engine.profile).
 """
 
 from __future__ import annotations
@@ -32,111 +16,13 @@ from torch import nn
 from bench.timing import sync as _sync
 from bench.timing import timed as _timed
 from engine import attacks
-from engine.attacks import losses, precision, targets
-from engine.attacks.driver import clean_step, grad_and_logits, sample_noise
+from engine.attacks import precision
+from engine.attacks.driver import grad_and_logits
 from engine.attacks.losses import bce
 from engine.util import markdown_table
 
 ATTACKS = ("fgsm", "fgm", "bim", "pgd", "mifgsm", "slide")
 ITERATIONS = 40
-
-
-def _advertorch():
-    # AdverTorch 0.2.3 imports a helper that torch removed (zero_gradients); supply it before import.
-    import importlib
-
-    gc = importlib.import_module("torch.autograd.gradcheck")  # the module; torch.autograd.gradcheck is a function
-    if not hasattr(gc, "zero_gradients"):
-        def zero_gradients(x):
-            if isinstance(x, torch.Tensor) and x.grad is not None:
-                x.grad.detach_()
-                x.grad.zero_()
-
-        gc.zero_gradients = zero_gradients
-    import advertorch.attacks as A
-    from advertorch.attacks.iterative_projected_gradient import perturb_iterative
-
-    return A, perturb_iterative
-
-
-class _CEWrap(nn.Module):
-    """(-L(y*, f(x)), 0) per sample: torchattacks' targeted cross-entropy towards class 0 descends L."""
-
-    def __init__(self, model: nn.Module, y_star: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.y_star = model, y_star
-
-    def forward(self, x):
-        lval = bce(self.model(x), self.y_star[: x.shape[0]])
-        return torch.stack([-lval, torch.zeros_like(lval)], 1)
-
-
-def peer_runs(model: nn.Module, x: torch.Tensor, name: str, cfg, y_star: torch.Tensor, noise) -> dict:
-    """{provider: zero-argument callable returning x_adv} for AdverTorch and torchattacks."""
-    runs = {}
-    loss_fn = lambda z, y: bce(z, y).sum()  # noqa: E731 - the released code's loss, summed
-    try:
-        A, perturb_iterative = _advertorch()
-    except ImportError:
-        A = None
-    if A is not None:
-        kw = dict(loss_fn=loss_fn, clip_min=0.0, clip_max=1.0, targeted=True)
-        if name == "fgsm":
-            atk = A.GradientSignAttack(model, eps=cfg.eps, **kw)
-        elif name == "fgm":
-            atk = A.GradientAttack(model, eps=cfg.eps, **kw)
-        elif name == "bim":
-            atk = A.LinfBasicIterativeAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step, **kw)
-        elif name == "mifgsm":
-            atk = A.MomentumIterativeAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step,
-                                            decay_factor=cfg.decay, **kw)
-        elif name == "slide":
-            atk = A.SparseL1DescentAttack(model, eps=cfg.eps, nb_iter=cfg.iterations, eps_iter=cfg.step,
-                                          l1_sparsity=cfg.sparsity, rand_init=False, **kw)
-        else:
-            atk = None
-        if name == "pgd":
-            def run_pgd():
-                delta0 = ((x + noise(-cfg.eps, cfg.eps)).clamp(0, 1) - x).detach()
-                return perturb_iterative(x, y_star, model, nb_iter=cfg.iterations, eps=cfg.eps, eps_iter=cfg.step,
-                                         loss_fn=loss_fn, delta_init=delta0.clone().requires_grad_(True),
-                                         minimize=True, clip_min=0.0, clip_max=1.0)
-            runs["advertorch"] = run_pgd
-        elif atk is not None:
-            runs["advertorch"] = lambda a=atk: a.perturb(x, y_star)
-    try:
-        import torchattacks as TA
-    except ImportError:
-        TA = None
-    if TA is not None and name in ("fgsm", "bim", "pgd", "mifgsm"):
-        wrapped = _CEWrap(model, y_star).eval()
-        if name == "fgsm":
-            atk = TA.FGSM(wrapped, eps=cfg.eps)
-        elif name == "bim":
-            atk = TA.BIM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations)
-        elif name == "pgd":
-            atk = TA.PGD(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, random_start=True)
-        else:
-            atk = TA.MIFGSM(wrapped, eps=cfg.eps, alpha=cfg.step, steps=cfg.iterations, decay=cfg.decay)
-        atk.set_mode_targeted_by_label(quiet=True)
-        target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        runs["torchattacks"] = lambda a=atk: a(x, target)
-    return runs
-
-
-def no_eval_run(model: nn.Module, x: torch.Tensor, name: str, ids: list[int]) -> Callable:
-    """Ours for a one-step attack without the forward that scores x_adv (see the module docstring)."""
-    spec, cfg = attacks.get(name), attacks.make_config(name, "paper")
-    loss_fn = losses.get(cfg.loss, cfg.prob_clamp)
-
-    def target_of(logits):
-        return targets.build("show-many", logits >= 0, ids, 0)
-
-    def run():
-        _, _, (grad, _) = clean_step(model, x, target_of, loss_fn)
-        return spec.step(x.clone(), x, grad, None, cfg)[0]
-
-    return run
 
 
 def floor_run(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, iterations: int) -> Callable:
@@ -146,76 +32,6 @@ def floor_run(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, iteration
         return x
 
     return run
-
-
-def bench_model(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: int, device: str,
-                names=ATTACKS, log=print) -> list[dict]:
-    """Rows for one model and batch."""
-    model = attacks.attack_mode(model).__enter__()
-    y_star = torch.ones(x.shape[0], model(x[:1]).shape[1], device=device)
-    ids = list(range(x.shape[0]))
-    noise = sample_noise(x, ids, 0)
-    times: dict[tuple[str, str], list[float]] = {}
-    counts: dict[tuple[str, str], torch.Tensor] = {}
-    rows = []
-    plans = {}
-    for name in names:
-        params = {"iterations": ITERATIONS} if name not in ("fgsm", "fgm") else {}
-        cfg = attacks.make_config(name, "paper", **params)
-        ours = {
-            "ours-eager": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, **p),
-            "ours-compiled": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, compile=True, **p),
-            "ours-early-exit": lambda n=name, p=params: attacks.run(model, x, n, sample_ids=ids, early_exit=True, **p),
-        }
-        if not hasattr(cfg, "iterations"):
-            ours["ours-no-eval"] = no_eval_run(model, x, name, ids)
-        peers = peer_runs(model, x, name, cfg, y_star, noise)
-        plans[name] = (cfg, ours, peers)
-        # Warm-up (and the compile) outside the timings; the compiled artifact is reused afterwards.
-        t0 = time.perf_counter()
-        ours["ours-compiled"]()
-        log(f"  {model_name}/{name}: compiled in {time.perf_counter() - t0:.1f} s")
-        ours["ours-eager"]()
-    iters_floor = ITERATIONS
-    for r in range(repeats):
-        dt, _ = _timed(floor_run(model, x, y_star, iters_floor), device)
-        times.setdefault(("all", "floor"), []).append(dt)
-        for name in names:
-            cfg, ours, peers = plans[name]
-            for prov, fn in list(ours.items()) + list(peers.items()):
-                dt, out = _timed(fn, device)
-                times.setdefault((name, prov), []).append(dt)
-                if r == 0:
-                    if isinstance(out, torch.Tensor):
-                        with torch.no_grad():
-                            counts[(name, prov)] = (model(out) >= 0).sum(1).cpu()
-                    else:
-                        counts[(name, prov)] = out.label_count_final.cpu()
-        log(f"  {model_name}: repeat {r + 1}/{repeats} done")
-    floor = statistics.median(times[("all", "floor")])
-    for name in names:
-        cfg, ours, peers = plans[name]
-        n_iter = getattr(cfg, "iterations", 1)
-        fl = floor * n_iter / iters_floor
-        rows.append({"attack": name, "model": model_name, "provider": "floor", "seconds_median": fl,
-                     "repeats": repeats, "iterations": n_iter, "batch": x.shape[0]})
-        eager = statistics.median(times[(name, "ours-eager")])
-        for prov in list(ours) + list(peers):
-            med = statistics.median(times[(name, prov)])
-            row = {"attack": name, "model": model_name, "provider": prov, "seconds_median": med, "repeats": repeats,
-                   "iterations": n_iter, "batch": x.shape[0], "ratio_to_floor": med / fl}
-            if prov in peers:
-                row["peer_over_ours"] = med / eager
-                if (name, "ours-no-eval") in times:
-                    row["peer_over_ours_no_eval"] = med / statistics.median(times[(name, "ours-no-eval")])
-            if prov in peers or prov == "ours-no-eval":
-                theirs, mine = counts[(name, prov)], counts[(name, "ours-eager")]
-                row["same_label_counts_as_ours"] = bool(torch.equal(theirs, mine))
-                row["label_count_agreement"] = float((theirs == mine).float().mean())
-            if prov == "ours-early-exit":
-                row["same_label_counts_as_ours"] = None  # a different semantics: stops at success
-            rows.append(row)
-    return rows
 
 
 def precision_rows(model: nn.Module, x: torch.Tensor, model_name: str, *, repeats: int, device: str,
@@ -300,34 +116,22 @@ def early_exit_demo(model: nn.Module, x: torch.Tensor, *, device: str, batch: in
 
 
 def format_table(rows: list[dict]) -> str:
-    out = markdown_table(["model", "attack", "provider", "median s", "/ floor", "peer / ours", "same label counts"],
-                         (_attack_cells(r) for r in rows if "provider" in r and "bench" not in r))
+    out: list[str] = []
     pr = [r for r in rows if r.get("bench") == "precision"]
     if pr:
-        out += ["", *markdown_table(
+        out += markdown_table(
             ["model", "attack", "precision", "median s", "speed-up vs fp32", "same final label count as fp32"],
-            map(_precision_cells, pr))]
+            map(_precision_cells, pr))
     ee = [r for r in rows if r.get("bench") == "early-exit"]
     if ee:
-        out += ["", *markdown_table(
+        out += [""] * bool(out) + markdown_table(
             ["attack (demo set)", "samples", "fixed s", "early-exit s", "speed-up",
              "top success fixed (final / best)", "top success early exit"],
             ([f"{r['attack']} ({r['preset']}, 40 it.)", r["samples"], f"{r['seconds_fixed']:.2f}",
               f"{r['seconds_early_exit']:.2f}", f"{r['speedup']:.2f}x",
               f"{r['top_success_fixed_final']:.3f} / {r['top_success_fixed_best']:.3f}",
-              f"{r['top_success_early_exit']:.3f}"] for r in ee))]
+              f"{r['top_success_early_exit']:.3f}"] for r in ee))
     return "\n".join(out)
-
-
-def _attack_cells(r: dict) -> list:
-    ratio = f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "1.00"
-    peer = f"{r['peer_over_ours']:.2f}" if "peer_over_ours" in r else ""
-    if "peer_over_ours_no_eval" in r:
-        peer += f" ({r['peer_over_ours_no_eval']:.2f} vs ours-no-eval)"
-    same = {True: "yes", False: "no", None: ""}[r.get("same_label_counts_as_ours")]
-    if r.get("same_label_counts_as_ours") is False:
-        same += f" ({100 * r['label_count_agreement']:.0f}% of samples)"
-    return [r["model"], r["attack"], r["provider"], f"{r['seconds_median']:.3f}", ratio, peer, same]
 
 
 def _precision_cells(r: dict) -> list:

@@ -35,11 +35,14 @@ def versions() -> dict[str, Any]:
 
 
 def write_result(kind: str, payload: dict[str, Any], *, command: str, device: str = "cpu",
-                 folder: Path = RESULTS) -> Path:
-    """Write ``payload`` as a result of ``kind`` made by ``command`` (atomically); returns its path."""
+                 folder: Path = RESULTS, keep_each: bool = False) -> Path:
+    """Write ``payload`` as a result of ``kind`` made by ``command`` (atomically); returns its path.
+    ``keep_each``: the file name holds the time as well, so that every run is kept (a history),
+    not only the day's last."""
     now = dt.datetime.now(dt.timezone.utc)
     doc = {"kind": kind, "date": now.isoformat(timespec="seconds"), "machine": machine(device),
            "versions": versions(), "command": command, **payload}
-    path = folder / f"{kind}-{now:%Y-%m-%d}-{socket.gethostname()}.json"
+    stamp = f"{now:%Y-%m-%d-%H%M%S}" if keep_each else f"{now:%Y-%m-%d}"
+    path = folder / f"{kind}-{stamp}-{socket.gethostname()}.json"
     write_text_atomic(path, json.dumps(doc, indent=1, default=str) + "\n")
     return path

@@ -6,14 +6,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import tomllib
 from tqdm import tqdm
 
-from engine import data
-from engine.config import Config, DemoDataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig, load_toml
+from engine import data, profile
+from engine.config import (
+    Config,
+    DemoDataConfig,
+    LossConfig,
+    ModelConfig,
+    ProfileConfig,
+    RunConfig,
+    TrainConfig,
+    load_toml,
+)
 from engine.data import demo
 from engine.errors import UserError
 from engine.models.evaluate import evaluate
@@ -197,3 +207,37 @@ def cmd_sweep(a: argparse.Namespace) -> None:
           f"({res['shards_run']} run now, {res['shards_done_before']} before) on {actors}; {res['samples_run']} "
           f"samples in {res['seconds']:.1f} s ({res['samples_per_s']:.1f}/s). Tables: sml report {res['store']} "
           f"--out reports/")
+
+
+def _model_opts(a: argparse.Namespace) -> dict:
+    """`sml attack`'s model and data flags as engine.profile.harness.load takes them (JSON-able: a
+    fresh process per row rebuilds the model from them)."""
+    kw = _data_kw(a)
+    ck = _checkpoint_kw(a)
+    return {"checkpoint": a.checkpoint, "own_model": ck["own_model"], "embedding": a.embedding,
+            "label_names": ck["label_names"], "trust_pickle": ck["trust_pickle"], "dataset": a.dataset,
+            "root": a.root, "split": a.split, "allow_missing": kw.pop("allow_missing"), "load_kw": kw}
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    cfg = ProfileConfig.from_dict(given(a, ProfileConfig))
+    if a.compare:
+        if a.attack or a.out or a.trace or a.plot:
+            raise UserError("--compare OLD.json NEW.json profiles nothing: it takes no --attack, --out, --trace or "
+                            "--plot")
+        res = profile.compare(profile.read_rows(a.compare[0]), profile.read_rows(a.compare[1]), cfg.tolerance)
+        print(profile.format_comparison(res))
+        return 1 if res["failed"] else 0
+    if a.trace and cfg.compile:
+        raise UserError("--trace records the phases of an eager call; a compiled row has none: drop --trace or "
+                        "--compile")
+    for path in filter(None, (a.out, a.trace, a.plot)):
+        if not Path(path).parent.is_dir():
+            raise UserError(f"{path}: folder {Path(path).parent} does not exist")
+    rows = profile.run(a.attack or [], _model_opts(a), a.batch, cfg, trace=a.trace,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    _emit_json(rows, a.out)
+    print(profile.table(rows))
+    if a.plot:
+        print(profile.plot(rows, a.plot))
+    return 0

@@ -210,7 +210,32 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", action="store_true",
                    help="attack nothing: print the samples, passes and device time per run and the total on "
                         "1, 4, 8, 32 devices (timed here on each model, or from --device-profile)")
-    p.add_argument("--device-profile", metavar="P", help="with --plan: a device profile written by `make bench`")
+    p.add_argument("--device-profile", metavar="P",
+                   help="with --plan: the rows of `sml profile --out`, or a record `make bench` wrote")
+
+
+# ---------------------------------------------------------------- profile
+@command("profile", "throughput of attack implementations on one model, side by side (or --compare two profiles)")
+def _profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attack", action="append", metavar="SPEC",
+                   help="repeatable: a registered attack as a run key (NAME[.PRESET][@k=v,...]); your callable "
+                        "MODULE:FUNCTION[@k=v,...], fn(model, x, y_star, **params) -> x_adv; or advertorch:NAME, "
+                        "torchattacks:NAME (a peer library's version of our attack NAME)")
+    p.add_argument("--checkpoint", help="ML-GCN / ML-LIW checkpoint; or the weights of --factory / --torchvision")
+    p.add_argument("--dataset")
+    p.add_argument("--root")
+    p.add_argument("--split")
+    p.add_argument("--batch", default="16", metavar="B[,B...]|auto",
+                   help="batch sizes, one row each (default 16); auto: the largest that fits the device")
+    _config_flags(p, config.ProfileConfig)
+    p.add_argument("--out", metavar="FILE.json", help="write the rows (a JSON list)")
+    p.add_argument("--trace", metavar="FILE", help="Chrome trace of the profiled call (several rows: FILE.<i>-b<B>)")
+    p.add_argument("--plot", metavar="FILE", help="images/s and peak memory against the batch size (png, svg, pdf)")
+    p.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
+                   help="profile nothing: match the rows of two profiles and exit 1 if one got slower than "
+                        "--tolerance allows")
+    _add_checkpoint_flags(p)
+    _add_data_flags(p)
 
 
 # ---------------------------------------------------------------- entry point
@@ -234,14 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The one deferred load of our code: cli.commands brings in the engine (torch, zarr: seconds),
         # which `--help` and usage errors never need. It never imports this module back.
         commands = importlib.import_module("cli.commands")
-        getattr(commands, f"cmd_{args.run}")(args)
+        # A command returns None (success) or its exit code (e.g. a comparison that failed its gate).
+        code = getattr(commands, f"cmd_{args.run}")(args)
     except UserError as e:
         print(f"sml: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("sml: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

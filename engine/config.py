@@ -367,3 +367,20 @@ class LossConfig(Config):
     gamma_neg: float = param(4.0, ge=0, le=20, doc="ASL focusing exponent on negative labels")
     gamma_pos: float = param(0.0, ge=0, le=20, doc="ASL focusing exponent on positive labels")
     clip: float = param(0.05, ge=0, lt=1, doc="ASL probability margin: a negative's p is shifted down by it")
+PROFILE_PRECISIONS = ("fp32", "tf32", "bf16")  # engine.attacks.registry.PRECISIONS, named here torch-free
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig(Config):
+    """`sml profile`: how each (attack, batch) row is measured (engine.profile)."""
+
+    repeats: int = param(3, ge=1, le=1000, doc="timed calls per row after the warm-up call; the median counts")
+    device: str = param("cpu", doc="cpu | cuda | cuda:N")
+    precision: str = param("fp32", choices=PROFILE_PRECISIONS,
+                           doc="arithmetic of the model's forward and backward (a spec's own precision= wins)")
+    compile: bool = param(False, doc="registered attacks: each iteration one torch.compile graph; others: the "
+                                     "model compiled (one phase in the breakdown)")
+    memory: bool = param(True, doc="measure peak memory (on CPU: a fresh subprocess per row)")
+    calibration_seconds: float = param(0.5, gt=0, le=600,
+                                       doc="least seconds the model's forward and forward+backward are timed per row")
+    tolerance: float = param(0.10, ge=0, le=100, doc="--compare: slower than OLD by more than this share fails")

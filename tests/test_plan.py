@@ -84,3 +84,19 @@ def test_plan_bad_input_is_one_line(args, expect, tmp_path, trained, capsys):
     assert cli.main.main(["sweep", _sweep(tmp_path, trained), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err
+
+
+def test_plan_reads_the_rows_of_sml_profile(tmp_path, trained):
+    """`sml profile --out` rows (and a bench record holding them) are a device profile: the row of
+    the sweep's model (backbone, family, input size) at its largest batch prices a pass."""
+    row = {"attack": "pgd", "model": "m", "device": "cpu", "precision": "fp32", "compile": False,
+           "backbone": "tiny", "family": "mlgcn", "input_size": 20, "provenance": {"device": "cpu (x86_64)"}}
+    rows = [{**row, "batch": 8, "fwd_bwd_s_per_image": 0.5, "fwd_s_per_image": 0.2},
+            {**row, "batch": 32, "fwd_bwd_s_per_image": 0.01, "fwd_s_per_image": 0.004}]
+    for doc in (rows, {"kind": "profile", "rows": rows}):
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps(doc))
+        res = pl.plan_sweep(_sweep(tmp_path, trained), device_profile=path)
+        fg = next(r for r in res["rows"] if r["attack"] == "fgsm")
+        assert fg["fwd_bwd_s_per_image"] == 0.01 and fg["timing_batch"] == 32
+        assert fg["passes_per_sample"] == pytest.approx(1 + 0.4) and res["device"] == "cpu (x86_64)"

@@ -6,8 +6,10 @@ image), the seconds of one such pass (a short calibration on the model itself, o
 profile written by ``make bench``), hence device-seconds; then the sweep's wall time on 1, 4, 8
 and 32 devices. Every figure rests on assumptions, and the plan lists them with its numbers.
 
-A device profile (JSON, ``bench`` writes one per device) holds, per (backbone, head family, input
-size), the seconds of one forward + backward and of one forward, per image, at a given batch.
+A device profile holds, per (backbone, head family, input size), the seconds of one forward +
+backward and of one forward, per image, at a given batch: the rows of `sml profile --out` (a JSON
+list) or of a `make bench` record (bench/results/profile-*.json, its ``rows``), or a file of
+``entries`` in that shape.
 """
 
 from __future__ import annotations
@@ -99,13 +101,27 @@ def read_profile(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{p}: device profile not found (`make bench` writes one under bench/results/)")
     try:
-        doc = json.loads(p.read_text())
+        doc = _as_entries(json.loads(p.read_text()))
         entries = doc["entries"]
         for e in entries:
             float(e["fwd_bwd_s_per_image"]), float(e["fwd_s_per_image"]), int(e["size"]), str(e["backbone"])
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{p}: not a device profile ({type(e).__name__}: {e})") from None
     return doc
+
+
+def _as_entries(doc: Any) -> dict[str, Any]:
+    """A profile's rows (`sml profile`'s list, or a bench record's ``rows``) as entries, the largest
+    batch of each model first (a sweep's automatic batch is large); other documents as they are."""
+    rows = doc if isinstance(doc, list) else doc.get("rows") if isinstance(doc, dict) and "entries" not in doc else None
+    if rows is None:
+        return doc
+    rows = sorted(rows, key=lambda r: -int(r["batch"]))
+    first = rows[0] if rows else {}
+    return {"device": first.get("device"), "device_name": (first.get("provenance") or {}).get("device"),
+            "entries": [{"backbone": r["backbone"], "family": r["family"], "size": r["input_size"], "batch": r["batch"],
+                         "fwd_bwd_s_per_image": r["fwd_bwd_s_per_image"], "fwd_s_per_image": r["fwd_s_per_image"]}
+                        for r in rows]}
 
 
 def _from_profile(doc: dict[str, Any], path: str, backbone: str, family: str, size: int) -> PassTime:
