@@ -1,7 +1,7 @@
 """The field's attacks beyond the study's nine, against small independent ports of their reference code.
 
-Each port is written for the test from the paper and a reading of the reference (never imported: the
-references hard-code CUDA or run one sample at a time); where the reference draws from numpy's global
+The ports (bench/reference_ports.py, shared with `make bench`) are written from the paper and a reading of
+the reference (never imported: the references hard-code CUDA); where the reference draws from numpy's global
 RNG, the port is handed the engine's own per-sample draws instead.
 """
 
@@ -12,6 +12,7 @@ import zarr
 from torch import nn
 
 import cli.main
+from bench.reference_ports import jsma_port, kfool_inner_port, mlaede_reference_runs, tkmlapu_inner_port, uap_port
 from engine import attacks, data, models, protocol, results
 from engine.attacks import mlaede, mljsma, universal
 from engine.errors import UserError
@@ -64,63 +65,6 @@ def sml(capsys, *argv):
 
 
 # ------------------------------------------------------------------------------------- MLAE-DE
-def mlae_de_port(prob, image, target, eps, pop_size, generation, first_pop, perms):
-    """The study's attacks/mlae_de.py ``DE`` for one image, its numpy RNG replaced by ``first_pop``
-    and ``perms`` (two row permutations per generation). Returns (x_adv, the code's own count,
-    forwards actually run)."""
-
-    def evaluate(pop):
-        imgs = np.clip(image[None] + pop.reshape((len(pop),) + image.shape) * eps, 0.0, 1.0)
-        fit = prob(imgs.astype(np.float32)) - np.zeros((len(pop), target.size)) - 0.5
-        on = target > 0
-        fit[:, on] = -fit[:, on]
-        fit[fit < 0] = 0
-        return fit.sum(1), fit
-
-    def select(pop, fitness, fit, off, off_fitness, off_fit):
-        take = fitness > off_fitness
-        return np.where(take[:, None], off, pop), np.where(take, off_fitness, fitness), \
-            np.where(take[:, None], off_fit, fit)
-
-    pop = first_pop.copy()
-    fitness, fit = evaluate(pop)
-    count = forwards = pop_size
-    if not (fitness == 0).any():
-        while count < pop_size * generation:
-            a, b = next(perms)
-            p2 = pop[a]
-            p3 = p2[b]
-            off = pop + 0.5 * (p2 - p3)
-            o_fitness, o_fit = evaluate(off)
-            count += pop_size
-            forwards += pop_size
-            pop, fitness, fit = select(pop, fitness, fit, off, o_fitness, o_fit)
-            new = pop.copy()
-            for i in range(pop_size):
-                masked = np.where(fit[i] == 0, 0.0, fit)  # only the labels i gets wrong
-                new[i] = pop[i] + pop[int(np.argmin(masked.sum(1)))] * 0.5
-            c_fitness, c_fit = evaluate(new)
-            forwards += pop_size  # the complement's forward, which the code does not count
-            pop, fitness, fit = select(pop, fitness, fit, new, c_fitness, c_fit)
-            if (fitness == 0).any():
-                break
-    zero = np.nonzero(fitness == 0)[0]
-    r, count = (pop[zero[0]], count) if len(zero) else (pop[0], count / 100)
-    return np.clip(image + r.reshape(image.shape) * eps, 0, 1), count, forwards
-
-
-def mlaede_reference_runs(model, x, sample_ids, seed, cfg):
-    prob = lambda imgs: torch.sigmoid(model(torch.from_numpy(imgs))).detach().numpy()  # noqa: E731
-    out = []
-    for img, sid in zip(x, sample_ids):
-        g, first = mlaede.draws(seed, sid, cfg.pop_size, img.numel())
-        perms = iter(lambda g=g: (torch.randperm(cfg.pop_size, generator=g).numpy(),
-                                  torch.randperm(cfg.pop_size, generator=g).numpy()), None)
-        out.append(mlae_de_port(prob, img.numpy(), np.ones(model.num_labels), cfg.eps, cfg.pop_size,
-                                cfg.generations, first.numpy(), perms))
-    return out
-
-
 def test_mlaede_released_equals_the_reference_port():
     model, x, ids = Linear(), images(6), [3, 14, 15, 92, 65, 35]
     cfg = attacks.make_config("mlaede", "released", eps=0.5, pop_size=6, generations=8)
@@ -182,50 +126,6 @@ def test_mlaede_batches_and_results_do_not_depend_on_batch_mates(trained, demo_r
 
 
 # -------------------------------------------------------------------------------------- ML-JSMA
-def jsma_port(prob, x, y_target, theta, gamma):
-    """The study's attacks/ml_jsma_pytorch.py ``generate_np`` on a batch, feature by feature as the
-    code loops (its CUDA calls left out): the saliency of each feature from the Jacobian rows of
-    the wrong and the right labels, then the most salient floor(d / 100) raised by theta."""
-
-    def jac_and_out(sample):
-        xt = torch.from_numpy(sample).requires_grad_(True)
-        out = prob(xt)
-        rows = [torch.autograd.grad(out[:, j].sum(), xt, retain_graph=True)[0].numpy() for j in range(out.shape[1])]
-        return np.stack(rows, 1), out.detach().numpy()
-
-    sample = x.copy()
-    d, l = sample[0].size, y_target.shape[1]
-    jac, out = jac_and_out(sample)
-    current = (out >= 0.5).astype(np.float32)
-    iteration = 0
-    while np.any(current != y_target) and iteration < gamma:
-        for idx in range(len(sample)):
-            if np.all(current[idx] == y_target[idx]):
-                continue
-            y_diff = y_target[idx] - current[idx]
-            J = jac[idx].reshape(l, -1).T
-            sal = []
-            for i in range(d):
-                t = o = 0
-                for j in range(l):
-                    if y_diff[j] == 0:
-                        o += J[i][j]
-                    else:
-                        t += J[i][j] * y_diff[j]
-                sal.append(0 if t < 0 else t - o)
-            for _ in range(d // 100):
-                m = int(np.argmax(sal))
-                if sal[m] <= 0:
-                    break
-                sample[idx].reshape(-1)[m] += theta
-                sal[m] = 0
-        sample = np.clip(sample, 0.0, 1.0)
-        jac, out = jac_and_out(sample)
-        current = (out >= 0.5).astype(np.float32)
-        iteration += 1
-    return sample
-
-
 def test_mljsma_equals_the_reference_port():
     model, x = Linear(bias=-1.0, side=8, scale=2.0), images(5, side=8)
     prob = lambda t: torch.sigmoid(model(t))  # noqa: E731
@@ -250,95 +150,6 @@ def test_mljsma_saliency_and_choice():
 
 
 # ------------------------------------------------------------------------ universal perturbations
-def topk_fooled(z, gt, k):
-    """The authors' topk_acc_metric for one sample: none of the true labels among the k highest."""
-    top = set(np.argsort(z)[-k:][::-1].tolist())
-    return top.isdisjoint(set(np.nonzero(gt)[0].tolist()))
-
-
-def untargeted_loss_port(z, gt, k):
-    """attack.py's loss of ``l2_topk_non_targeted_attack`` for one sample."""
-    real = torch.max(gt * z - (1 - gt) * 10000)
-    t = real - z
-    lam = torch.topk(t, z.shape[1] - k)[0][:, -1]
-    return (lam + (1 / (z.shape[1] - k)) * torch.clamp(t - lam, min=0).sum()).sum()
-
-
-S = 1 - 1e-6  # the authors' arctanh(x * 0.999999)
-
-
-def seen_by(model):
-    """The model on coordinates v: it sees (tanh(v) / s + 1) / 2."""
-    return lambda v: model(((torch.tanh(v) / S + 1) / 2).clamp(0, 1))
-
-
-def tkmlapu_inner_port(model, start, gt, k, maxiter, lr):
-    """attack.py ``l2_topk_non_targeted_attack`` as ``UAP`` calls it (Projection_flag off): SGD on the
-    modifier, stopping at the first iterate whose top k holds no true label. (modifier, success)."""
-    see, g_t = seen_by(model), torch.from_numpy(gt[None]).float()
-    modifier = torch.zeros_like(start, requires_grad=True)
-    opt = torch.optim.SGD([modifier], lr=lr)
-    for _ in range(maxiter):
-        opt.zero_grad()
-        out = see(modifier + start)
-        found = modifier.detach().clone()
-        untargeted_loss_port(out, g_t, k).backward()
-        opt.step()
-        if topk_fooled(out.detach().numpy()[0], gt, k):
-            return found, True
-    return None, False
-
-
-def kfool_inner_port(model, start, gt, k, maxiter, lr=None):
-    """baseline_attacks.py ``kfool``: DeepFool steps on the k + 1 highest scores against the true
-    label of highest score, differentiated at the box image, added inside the tanh. (r_tot, success)."""
-    see_box = lambda v: (((torch.tanh(v) / S + 1) / 2).clamp(0, 1) * 2 - 1)  # noqa: E731
-    img = see_box(start).detach().requires_grad_(True)
-    F = model((img + 1) / 2)
-    t = torch.from_numpy(gt[None]).float()
-    max_label = int(torch.argmax(t * F - (1 - t) * 10000))
-    r_tot = torch.zeros_like(start)
-    loop_i = 0
-    while not topk_fooled(F.detach().numpy()[0], gt, k) and loop_i < maxiter:
-        top = F[0].topk(k + 1)
-        g_max = torch.autograd.grad(F[0, max_label], img, retain_graph=True)[0]
-        w, f = torch.zeros_like(img), 0.0
-        for j in range(k + 1):
-            g_j = torch.autograd.grad(top.values[j], img, retain_graph=True)[0]
-            if not torch.equal(g_j, g_max) and int(top.indices[j]) != max_label:
-                inv = 1 / torch.norm(g_j - g_max)
-                w = w + (g_j - g_max) * inv
-                f = f + (F[0, top.indices[j]] - F[0, max_label]).detach() * inv
-        r_tot = r_tot + abs(f) * w / torch.norm(w)
-        img = see_box(start + r_tot).detach().requires_grad_(True)
-        F = model((img + 1) / 2)
-        loop_i += 1
-    return r_tot, topk_fooled(F.detach().numpy()[0], gt, k)
-
-
-def uap_port(model, u, gt, k, eps, xi, max_iter, inner, at_clean=False, **inner_kw):
-    """attack.py ``UAP`` / baseline_attacks.py ``kUAP`` in coordinates u = atanh(s (2x - 1)): passes
-    over the fit set until its fooling rate reaches xi; ``at_clean``: kUAP's code attacks the clean
-    sample. Returns (delta, fooling rate, passes)."""
-    see = seen_by(model)
-    delta = torch.zeros_like(u[0])
-    rate, itr = 0.0, 0
-    while rate < xi and itr < max_iter:
-        for i in range(len(u)):
-            if topk_fooled(see(u[i : i + 1] + delta).detach().numpy()[0], gt[i], k):
-                continue
-            start = u[i : i + 1] if at_clean else u[i : i + 1] + delta
-            modifier, success = inner(model, start, gt[i], k, **inner_kw)
-            if success:
-                delta = delta + modifier[0]
-                n = torch.sqrt(torch.clamp((delta**2).sum(), min=1e-12))
-                delta = delta * torch.clamp(eps / n, max=1.0)
-        itr += 1
-        with torch.no_grad():
-            rate = np.mean([topk_fooled(see(u[i : i + 1] + delta).numpy()[0], gt[i], k) for i in range(len(u))])
-    return delta, rate, itr
-
-
 def test_tkmlapuv_fit_equals_the_reference_port():
     model, x = Linear(labels=6, bias=-0.5, scale=0.3), images(8, seed=2)
     gt = (model(x) >= 0).detach().numpy().astype(np.float32)

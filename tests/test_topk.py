@@ -1,6 +1,6 @@
 """TkML-AP (untargeted, targeted) and kFool against independent ports of the authors' code
 (github.com/discovershu/TKML-AP: attack.py, baseline_attacks.py, utils.py), written for this test
-from that code: one sample at a time, as the code runs, on a small random model."""
+from that code (bench/reference_ports.py): one sample at a time, as the code runs, on a small random model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.reference_ports import box_model, ref_kfool, ref_targeted, ref_untargeted
 from engine import attacks
 from engine.attacks import targets
 
@@ -28,99 +29,6 @@ def _inputs(model, n=5, seed=1):
     return x
 
 
-def _box_model(model):
-    # The code's models see the [-1, 1] box image; ours see pixels.
-    return lambda xb: model((xb + 1) / 2)
-
-
-def _clip_l2(eta, eps):  # the code's clip_eta, ord 2
-    norm = torch.sqrt(torch.clamp(torch.sum(eta ** 2, (1, 2, 3), keepdim=True), min=1e-12))
-    return eta * torch.clamp(eps / norm, max=1.0)
-
-
-def _none_of_gt_in_topk(gt, out, k):  # the code's nontargeted_TP_index, one sample
-    return not any(gt[0, j] == 1 for j in np.argsort(out[0])[-k:])
-
-
-def _sgd_on_modifier(xb, lr):
-    timg = torch.atanh(xb * 0.999999)
-    modifier = torch.zeros_like(xb, requires_grad=True)
-    return timg, modifier, torch.optim.SGD([modifier], lr=lr)
-
-
-def _projected(modifier, timg, eps):  # the code's image with Projection_flag: (image, eta)
-    eta = _clip_l2(torch.tanh(modifier + timg) - torch.tanh(timg), eps)
-    return torch.tanh(timg) + eta, eta
-
-
-def ref_untargeted(f, xb, gt, k, eps, maxiter, lr):
-    timg, modifier, opt = _sgd_on_modifier(xb, lr)
-    img, it_done = None, maxiter
-    for it in range(maxiter):
-        opt.zero_grad()
-        img, _ = _projected(modifier, timg, eps)
-        out = f(img)
-        real = torch.max(gt * out - (1 - gt) * 10000)
-        t = real - out
-        lam, _ = torch.topk(t, gt.shape[1] - k)
-        loss = lam[:, -1] + (1 / (gt.shape[1] - k)) * torch.sum(torch.max(torch.zeros_like(t), t - lam[:, -1]))
-        loss.sum().backward()
-        opt.step()
-        if _none_of_gt_in_topk(gt.numpy(), out.detach().numpy(), k):
-            it_done = it
-            break
-    return img.detach(), it_done
-
-
-def ref_targeted(f, xb, tlab, k, eps, maxiter, lr, tie=0.0):
-    timg, modifier, opt = _sgd_on_modifier(xb, lr)
-    best, best_img = 1e10, None
-    zeros = (tlab == 1).int().numpy()
-    for _ in range(maxiter):
-        opt.zero_grad()
-        img, eta = _projected(modifier, timg, eps)
-        out = f(img)
-        lamb, _ = torch.topk(out, k)
-        loss = torch.sum(torch.clamp(tlab * (lamb[:, -1] - out), min=0.0))
-        loss = loss + torch.sum((tie / 2) * torch.sum(torch.square(1 - tlab * out), [1]))
-        loss.backward()
-        opt.step()
-        top = set(np.argsort(out.detach().numpy()[0])[-int(zeros.sum()):])
-        norm = np.linalg.norm(eta.detach().numpy())
-        if top == set(np.nonzero(zeros[0])[0]) and norm < best:
-            best, best_img = norm, img.detach()
-    return best_img
-
-
-def ref_kfool(f, xb, gt, k, maxiter):
-    timg = torch.atanh(xb * 0.999999)
-    img = torch.tanh(timg).clone().requires_grad_()
-    F = f(img)
-    max_label = torch.argmax(gt * F - (1 - gt) * 10000)
-    gt_all = set(np.nonzero(gt.numpy()[0])[0])
-    r_tot = torch.zeros_like(xb)
-    loop = 0
-
-    def out_of_top():
-        return not (set(torch.argsort(F, dim=1, descending=True)[0][:k].tolist()) & gt_all)
-
-    while not out_of_top() and loop < maxiter:
-        p = torch.argsort(F, dim=1, descending=True)
-        g_max = torch.autograd.grad(F[0, max_label], img, retain_graph=True)[0]
-        w, fsum = torch.zeros_like(xb), 0.0
-        for j in range(k + 1):
-            g_j = torch.autograd.grad(F[0, p[0][j]], img, retain_graph=True)[0]
-            if not torch.equal(g_j, g_max) and p[0][j] != max_label:
-                norm = 1 / torch.norm(g_j - g_max)
-                w = w + (g_j - g_max) * norm
-                fsum = fsum + (F[0, p[0][j]] - F[0, max_label]).detach() * norm
-        r_tot = r_tot + torch.abs(fsum) * w / torch.norm(w)
-        img = torch.tanh(r_tot + timg).requires_grad_()
-        F = f(img)
-        loop += 1
-    return img.detach(), loop
-
-
 def _eligible_rows(res):
     return [i for i in range(len(res.eligible)) if bool(res.eligible[i])]
 
@@ -128,7 +36,7 @@ def _eligible_rows(res):
 @pytest.mark.parametrize("eps, lr", [(3.0, 1.0), (1.0, 0.3)])  # most succeed; the ball binds, none succeed
 def test_tkmlapu_equals_the_reference_loop(eps, lr):
     model = _model()
-    f = _box_model(model)
+    f = box_model(model)
     x = _inputs(model)
     kw = dict(k=K, eps=eps, iterations=60, lr=lr)
     res = attacks.run(model, x, "tkmlapu", **kw)
@@ -145,7 +53,7 @@ def test_tkmlapu_equals_the_reference_loop(eps, lr):
 @pytest.mark.parametrize("difficulty", ["best", "worst"])
 def test_tkmlapt_equals_the_reference_loop(difficulty):
     model = _model(2)
-    f = _box_model(model)
+    f = box_model(model)
     x = _inputs(model, seed=3)
     kw = dict(k=K, eps=2.5, iterations=40, lr=1.0, difficulty=difficulty)
     res = attacks.run(model, x, "tkmlapt", **kw)
@@ -184,7 +92,7 @@ def test_topk_targeted_picks_the_codes_labels():
 
 def test_kfool_equals_the_reference_loop():
     model = _model(0)
-    f = _box_model(model)
+    f = box_model(model)
     x = _inputs(model, seed=1)
     res = attacks.run(model, x, "kfool", k=K, iterations=30)
     rows = _eligible_rows(res)
