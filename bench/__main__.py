@@ -11,7 +11,10 @@ precision  fp32 / tf32 / bf16: speed and agreement with fp32 (bench_attacks.prec
 early      early exit over the demo set (bench_attacks.early_exit_demo).
 lp         the MLA-LP solver against the primal LP (bench_lp).
 sweep      sweeps (bench_sweep).
-The last four are kept together as bench/results/bench-<date-time>-<host>.json.
+field      the field's nine attacks (TkML-AP, kFool, Rank I/II, ML-JSMA, MLAE-DE, the universal ones):
+           ours against a CPU copy of each reference loop as its repository runs it, at equal
+           results: speed-up, agreement, floor ratio (bench_field, bench/reference_ports.py).
+The last five are kept together as bench/results/bench-<date-time>-<host>.json.
 tresnet    on request only (`--only tresnet`, minutes on a CPU): the gradient attacks as profile rows
            on an ASL TResNet-M at 224 px (random weights: a pass costs the same), kept as a profile
            record, and `sml sweep --plan` device-profile entries of TResNet-M at 224 and TResNet-L
@@ -32,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(HERE / "cache" / "inductor"))
 
-from bench import bench_attacks, bench_lp, bench_sweep, ci_profile  # noqa: E402 - after the compile cache's location
+from bench import bench_attacks, bench_field, bench_lp, bench_sweep, ci_profile  # noqa: E402 - after the compile cache's location
 from bench.record import write_result  # noqa: E402
 from engine import data, protocol  # noqa: E402
 from engine.config import DemoDataConfig, ModelConfig, ProfileConfig, TrainConfig  # noqa: E402
@@ -43,7 +46,7 @@ from engine.profile import harness, peers, table  # noqa: E402
 
 # The study's nine attacks as the demo runs them (sweeps/demo.toml), then the peers' versions.
 DEMO_SPECS = ("fgsm", "fgm", "bim", "pgd", "slide", "mifgsm", "mldp", "mlcw.demo", "mlalp.full")
-SECTIONS = ("profile", "ci", "precision", "early", "lp", "sweep")
+SECTIONS = ("profile", "ci", "precision", "early", "lp", "sweep", "field")
 ON_REQUEST = ("tresnet",)  # not in the default set
 GRADIENT = ("fgsm", "fgm", "bim", "pgd", "slide", "mifgsm")
 
@@ -115,7 +118,7 @@ def tresnet_section(a, root: Path) -> tuple[list[dict], Path]:
 
 
 def other_sections(a, todo: set[str], ck: Path, root: Path) -> list[dict]:
-    """The precision, early-exit, LP and sweep sections; a failing one is recorded as a row."""
+    """The precision, early-exit, LP, sweep and field sections; a failing one is recorded as a row."""
     rows: list[dict] = []
     model = load(ck).to(a.device)
     ds = data.load("demo", root=root)
@@ -131,8 +134,12 @@ def other_sections(a, todo: set[str], ck: Path, root: Path) -> list[dict]:
         xs, _ = data.stack(ds, cand[: 128 if a.quick else len(cand)].tolist())
         return bench_attacks.early_exit_demo(model, xs.to(a.device), device=a.device, log=_log)
 
+    def field():
+        xs, _ = data.stack(ds, cand[: 8 if a.quick else 32].tolist())
+        return bench_field.run(model, xs, a.quick, device=a.device, log=_log)
+
     for name, fn in (("precision", precision), ("early", early), ("lp", lambda: bench_lp.run(a.quick)),
-                     ("sweep", lambda: bench_sweep.run(a.quick))):
+                     ("sweep", lambda: bench_sweep.run(a.quick)), ("field", field)):
         if name not in todo:
             continue
         t = time.perf_counter()
@@ -185,12 +192,14 @@ def main(argv=None) -> int:
         path = write_result("profile", {"rows": rows, "table": table(rows), "quick": a.quick}, command=command.strip(),
                             device=a.device, keep_each=True)
         print(table(rows), f"\nwrote {path} and {plan_path}", sep="\n")
-    rest = todo & {"precision", "early", "lp", "sweep"}
+    rest = todo & {"precision", "early", "lp", "sweep", "field"}
     if rest:
         rows = other_sections(a, rest, ck, root)
         path = write_result("bench", {"rows": rows, "table": format_tables(rows), "quick": a.quick},
                             command=command.strip(), device=a.device, keep_each=True)
-        print(format_tables(rows), f"\nwrote {path}", sep="\n")
+        field = [r for r in rows if r.get("bench") == "field"]  # the docs render these rows themselves
+        print(format_tables(rows), *([bench_field.format_table(field)] if field else []), f"\nwrote {path}",
+              sep="\n")
     return 0
 
 

@@ -33,6 +33,7 @@ from engine.attacks import targets, universal
 from engine.profile.harness import _floor
 from engine.profile.hooks import PassCounter
 from engine.runtime.sweep.plan import measure
+from engine.util import markdown_table
 
 FIELD = ("tkmlapu", "tkmlapt", "kfool", "mlrank1", "mlrank2", "mljsma", "mlaede", "tkmlapuv", "kuap")
 K = 2  # the top-k attacks' k
@@ -206,7 +207,4 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    body = table_rows(rows)
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(HEAD)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(HEAD, widths)), "-+-".join("-" * w for w in widths)]
-    return "\n".join(lines + [" | ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body])
+    return "\n".join(markdown_table(HEAD, table_rows(rows)))

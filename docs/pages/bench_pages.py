@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import bench_field
 from engine.attacks.registry import ORDER
 from engine.profile import table
 from engine.report import MODEL_NAMES, table1_markdown, tables23_markdown
@@ -217,7 +218,30 @@ def performance(res: Results) -> str:
     if other:
         out += ["## Precisions, early exit, the LP solver, sweeps", "", other[0].get("table", ""), "",
                 provenance_line(other[0]), ""]
+    out += field_attacks(other)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def field_attacks(docs: list[dict[str, Any]]) -> list[str]:
+    """The newest bench record's field rows (bench/bench_field.py): ours against the reference loop."""
+    out = ["## Field attacks: ours vs the reference loop", "",
+           "The field's nine attacks on the demo ML-GCN, one batch: our batched attack, and a CPU copy of its",
+           "reference loop run as its repository runs it (one sample at a time; the universal ones one sample",
+           "per step of the universal pass; the released Rank I / II code one batch with per-sample",
+           "bookkeeping), timed in the same run. Speed-up = reference seconds / ours; the results agree when the",
+           "largest |x_adv difference| (the universal ones: of the perturbation) is at float rounding and the",
+           "same samples succeed (the universal ones: the same fooling rate on the fit set). The floor ratio",
+           "(attacks that are not universal) is ours per sample over the passes it made times the model's own",
+           "forward and forward + backward, as in the profile above. The universal attacks fit one sample at a",
+           "time in both: a batched pixel-space fit would be another algorithm, which the engine does not have.",
+           "MLAE-DE's gain comes from batching samples: every sample's population goes through the model in one",
+           "forward, which fills a GPU (a CPU with few cores shows it only in part); `sml sweep --plan` prices",
+           "it by its forward passes (population x (2 x generations - 1) + 2 per sample).", ""]
+    doc = next((d for d in docs if any(r.get("bench") == "field" for r in d.get("rows", []))), None)
+    if doc is None:
+        return out + [_none("field-attack comparison", "`make bench` (or `python -m bench --only field`)"), ""]
+    rows = [r for r in doc["rows"] if r.get("bench") == "field"]
+    return out + markdown_table(bench_field.HEAD, bench_field.table_rows(rows)) + ["", provenance_line(doc), ""]
 
 
 def _history(docs: list[dict[str, Any]]) -> list[str]:
