@@ -12,8 +12,8 @@ backward per image at that batch (engine.runtime.sweep.plan.measure), as `sml pr
 
 The universal attacks are timed as fitted, one sample at a time in both: a batched pixel-space
 variant (fit samples in batches) would be another fitting algorithm, which engine.attacks.universal
-does not have; MLAE-DE's gain comes from batching the samples' populations into one forward, which
-a CPU with few cores shows only in part (a GPU fills with the batch).
+does not have. MLAE-DE's gain comes from batching the samples' populations into one forward, which
+fills a GPU; on a CPU with few cores one large forward can cost more than many small ones (cache).
 """
 
 from __future__ import annotations

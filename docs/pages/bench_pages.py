@@ -236,8 +236,9 @@ def field_attacks(docs: list[dict[str, Any]]) -> list[str]:
            "forward and forward + backward, as in the profile above. The universal attacks fit one sample at a",
            "time in both: a batched pixel-space fit would be another algorithm, which the engine does not have.",
            "MLAE-DE's gain comes from batching samples: every sample's population goes through the model in one",
-           "forward, which fills a GPU (a CPU with few cores shows it only in part); `sml sweep --plan` prices",
-           "it by its forward passes (population x (2 x generations - 1) + 2 per sample).", ""]
+           "forward, which fills a GPU; on a CPU with few cores one large forward can cost more than many small",
+           "ones (they stay in cache), so its CPU row may show less than 1x. `sml sweep --plan` prices it by its",
+           "forward passes (population x (2 x generations - 1) + 2 per sample).", ""]
     doc = next((d for d in docs if any(r.get("bench") == "field" for r in d.get("rows", []))), None)
     if doc is None:
         return out + [_none("field-attack comparison", "`make bench` (or `python -m bench --only field`)"), ""]
