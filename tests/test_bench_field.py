@@ -41,6 +41,9 @@ def test_every_field_attack_matches_its_reference_loop_on_two_samples():
         assert (r["floor_ratio"] is None) == universal
         if not universal:
             assert r["floor_ratio"] > 0 and sum(r["passes"].values()) > 0
+            # the spec's passes bound those made (early exits only shorten a run): its floor is higher
+            assert all(r["passes"][k] <= r["spec_passes"][k] + 1e-9 for k in r["passes"]), r
+            assert r["spec_floor_ratio"] <= r["floor_ratio"] * (1 + 1e-9)
     assert any(r["success_ours"] for r in rows)  # not a comparison of attacks that all did nothing
     table = bench_field.format_table(rows)
     assert table.splitlines()[0].startswith("| attack | reference runs |") and len(table.splitlines()) == 11
@@ -62,7 +65,8 @@ def _row(attack, **kw):
     return {"bench": "field", "attack": attack, "preset": "paper", "params": {}, "batch": 8, "device": "cpu",
             "reference": "one sample at a time", "ours_s": 0.5, "reference_s": 2.0, "speedup": 4.0,
             "max_abs_diff": 3e-7, "success_ours": 5, "success_reference": 5, "same_success": True, "eligible": 8,
-            "floor_ratio": 1.25, "passes": {"forward": 1.0, "forward_backward": 20.0, "backward": 0.0}, **kw}
+            "floor_ratio": 1.25, "spec_floor_ratio": 1.0,
+            "passes": {"forward": 1.0, "forward_backward": 20.0, "backward": 0.0}, **kw}
 
 
 def test_the_performance_page_shows_the_newest_field_rows(tmp_path):
@@ -74,7 +78,8 @@ def test_the_performance_page_shows_the_newest_field_rows(tmp_path):
     for name, date, speed in (("bench-a.json", "2026-01-01T00:00:00+00:00", 3.0),
                               ("bench-b.json", "2026-02-01T00:00:00+00:00", 4.0)):
         rows = [_row("tkmlapu", speedup=speed),
-                _row("kuap", floor_ratio=None, passes=None, same_success=False, success_reference=4)]
+                _row("kuap", floor_ratio=None, spec_floor_ratio=None, passes=None, same_success=False,
+                     success_reference=4)]
         (tmp_path / name).write_text(json.dumps({"kind": "bench", "date": date, "machine": machine,
                                                  "versions": {"python": "3.11", "torch": "2"},
                                                  "command": "python -m bench --only field", "rows": rows}))
@@ -84,7 +89,7 @@ def test_the_performance_page_shows_the_newest_field_rows(tmp_path):
                                                        "rows": [], "table": ""}))
     page = bench_pages.performance(bench_pages.Results(tmp_path))
     field = page[page.index("## Field attacks"):]
-    assert "| tkmlapu | one sample at a time | 8 | 0.500 | 2.000 | 4.0x | 3.0e-07 | 5 / 5 of 8 | 1.25 |" in field
+    assert "| tkmlapu | one sample at a time | 8 | 0.500 | 2.000 | 4.0x | 3.0e-07 | 5 / 5 of 8 | 1.25 / 1.00 |" in field
     assert "| kuap | one sample at a time | 8 | 0.500 | 2.000 | 4.0x | 3.0e-07 | 5 / 4 of 8 (differ) | |" in field
     assert "3.0x" not in field and "*Machine:* CPU X" in field and "bench-b.json" in field
 

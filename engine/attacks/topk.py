@@ -261,7 +261,7 @@ def _passes(extra_bwd: int = 0):
         # Per iteration one forward + backward (kFool: k + 1 further backward rows, and one more
         # forward that checks the last iterate); once: the clean forward for the targets, the z0
         # forward and the final scoring.
-        return Passes(grad=cfg.iterations, bwd=cfg.iterations * (cfg.k + 1) * extra_bwd, fwd=3)
+        return Passes(grad=cfg.iterations, bwd=cfg.iterations * (cfg.k + 1) * extra_bwd, fwd=3 + min(extra_bwd, 1))
     return cost
 
 
