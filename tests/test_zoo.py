@@ -18,6 +18,7 @@ from engine.data import demo
 from engine.errors import UserError
 from engine.models import fit, sources, zoo
 from engine.runtime.sweep import plan as pl
+from engine.runtime.sweep.sweepfile import load_sweep
 
 SIZE = 64
 LABELS = [f"label{i}" for i in range(5)]
@@ -206,3 +207,13 @@ def test_timm_source_goes_through_the_compiled_and_reduced_precision_paths(tmp_p
     assert torch.equal(comp.label_count_final, eager.label_count_final)
     half = attacks.run(model, x, "pgd", iterations=3, precision="bf16")
     assert float((half.x_adv - x).abs().max()) <= attacks.make_config("pgd").eps + 1e-6
+
+
+def test_sweep_file_names_a_bad_timm_architecture_in_one_line(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "s.toml").write_text("\n".join([
+        "[[model]]", 'timm = "resnet10x"', f'checkpoint = "{tmp_path / "w.pt"}"', 'dataset = "demo"',
+        f'root = "{tmp_path}"', "", "[[attack]]", 'name = "fgsm"']) + "\n")
+    with pytest.raises(UserError) as e:
+        load_sweep(tmp_path / "s.toml")
+    assert "\n" not in str(e.value) and "resnet10x" in str(e.value) and "resnet10t" in str(e.value)
