@@ -69,7 +69,9 @@ def run_variant(folder: Path, data: Path, env: dict[str, str], log) -> dict:
     _sml(["sweep", str(_sweep_file(folder)), "--out", str(folder / "store.zarr"), "--local"], env, log)
     _sml(["report", str(folder / "store.zarr"), "--out", str(folder / "reports"), "--format", "json"], env, log)
     doc = json.loads((folder / "reports" / "tables.json").read_text())
-    runs = [{"model": r["model_key"], "attack": r["run"], "n": r["n"], "n_available": r.get("n_available"),
+    # avgLabels is taken over every correctly predicted test sample (up to 1000 of the demo's 1000):
+    # its sample count is the number of exactly-right test samples.
+    runs = [{"model": r["model_key"], "attack": r["run"], "n": r["n"], "n_available": r["avg_labels_samples"],
              "avg_labels": r["avg_labels"], "success_final": r["success_final"]} for r in doc["runs"]]
     return {"table1": doc["table1"], "runs": runs}
 
