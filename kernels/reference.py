@@ -62,6 +62,15 @@ _PROJECTIONS = ("exact", "advertorch")
 SLIDE_TIES = ("all", "lowest-index")
 
 
+def check_slide_args(x, x0, grad, *, projection: str, ties: str) -> None:
+    """What both SLIDE steps (this reference and the Triton launcher) refuse alike."""
+    check_same_shape(x, x0, grad)
+    if projection not in _PROJECTIONS:
+        raise ValueError(f"projection must be one of {_PROJECTIONS}, got {projection!r}")
+    if ties not in SLIDE_TIES:
+        raise ValueError(f"ties must be one of {SLIDE_TIES}, got {ties!r}")
+
+
 def check_same_shape(x: torch.Tensor, *others: torch.Tensor) -> None:
     """Shape check (static under torch.compile, so no graph break or sync)."""
     for t in others:
@@ -196,11 +205,7 @@ def _l1_threshold(av: torch.Tensor, cap: torch.Tensor | None, eps: float) -> tor
 def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None,
                ties: str = "all"):
     """SLIDE / sparse L1 descent step (Tramer & Boneh), see module docs of kernels.dispatch."""
-    check_same_shape(x, x0, grad)
-    if projection not in _PROJECTIONS:
-        raise ValueError(f"projection must be one of {_PROJECTIONS}, got {projection!r}")
-    if ties not in SLIDE_TIES:
-        raise ValueError(f"ties must be one of {SLIDE_TIES}, got {ties!r}")
+    check_slide_args(x, x0, grad, projection=projection, ties=ties)
     if grad.dtype != torch.float32:
         # The selection reinterprets |grad| as int32 bit patterns.
         raise TypeError(f"slide_step needs a float32 gradient, got {grad.dtype}")

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .launch import as_f32_contiguous, finish, result_buffer
-from .reference import MAX_FINITE_BITS, SLIDE_TIES, check_same_shape, slide_k
+from .reference import MAX_FINITE_BITS, check_slide_args, slide_k
 
 BLOCK = 512  # elements per tile; the candidate tiles are BLOCK x 16
 PBLOCK = 64  # partial rows added per trip when a pass reduces the previous one's
@@ -45,7 +45,6 @@ TARGET_PROGRAMS = 1024
 MAX_CHUNKS = 128
 NUM_WARPS = 4
 PASSES = 8  # 4 bits per pass, 31 bits
-_PROJECTIONS = ("exact", "advertorch")
 # Globals read inside a jit function must be tl.constexpr objects (the
 # interpreter does not enforce this, the compiler does).
 _MAXB = tl.constexpr(MAX_FINITE_BITS)
@@ -266,11 +265,7 @@ def chunking(B: int, D: int) -> tuple[int, int]:
 def slide_step(x, x0, grad, step: float, eps: float, sparsity: float, projection: str, out=None,
                ties: str = "all"):
     """Triton launcher; same contract as kernels.reference.slide_step."""
-    check_same_shape(x, x0, grad)
-    if projection not in _PROJECTIONS:
-        raise ValueError(f"projection must be one of {_PROJECTIONS}, got {projection!r}")
-    if ties not in SLIDE_TIES:
-        raise ValueError(f"ties must be one of {SLIDE_TIES}, got {ties!r}")
+    check_slide_args(x, x0, grad, projection=projection, ties=ties)
     xc, x0c, gc = as_f32_contiguous(x, x0, grad)
     B = xc.shape[0]
     D = math.prod(xc.shape[1:])
