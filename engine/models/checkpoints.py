@@ -126,7 +126,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         raise UserError(f"{path}: cannot read checkpoint ({_short(e)})") from None
 
 
-load_file = _torch_load  # the same safe loader for the other model sources (engine.models.zoo)
+load_file = _torch_load  # the same safe loader for the other model sources (zoo, published, fit)
 
 
 def read(

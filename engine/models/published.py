@@ -44,7 +44,7 @@ def read_state(checkpoint: str | Path | None, what: str, *, trust_pickle: bool =
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    obj = checkpoints._torch_load(path, trust_pickle)  # noqa: SLF001 - the one safe loader of the package
+    obj = checkpoints.load_file(path, trust_pickle)
     if not isinstance(obj, Mapping):
         raise UserError(f"{path}: expected a dict (a state dict, or one holding {' or '.join(containers)}), "
                         f"got {type(obj).__name__}")
